@@ -1,0 +1,86 @@
+"""open_clip models by (model name, pretrained tag) with access to intermediate tokens through forward hooks.
+
+Only public open_clip modules are used: `model.visual.transformer.resblocks[i]` outputs are captured by
+hooks (open_clip >= 2.26 runs its transformer batch-first, and the hook output is normalised to
+(B, tokens, width) either way).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import AnomalensError, WeightsError
+from .weights import cache_dir
+
+
+def _local_clip_checkpoint(model_name: str, tag: str) -> Optional[Path]:
+    folder = cache_dir() / "open_clip"
+    for ext in (".safetensors", ".bin", ".pt"):
+        p = folder / f"{model_name}__{tag}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def create_clip(model_name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu"):
+    """(model, preprocess, tokenizer) from open_clip; `pretrained` is a tag, a local file, or None (random init)."""
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        raise AnomalensError(f"unknown open_clip model {model_name!r}")
+    source: Optional[str] = None
+    if pretrained is not None:
+        if Path(str(pretrained)).expanduser().is_file():
+            source = str(Path(str(pretrained)).expanduser())
+        else:
+            local = _local_clip_checkpoint(model_name, str(pretrained))
+            source = str(local) if local else str(pretrained)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=source, device=device, cache_dir=str(cache_dir() / "open_clip")
+        )
+    except Exception as exc:
+        if pretrained is None:
+            raise
+        expected = cache_dir() / "open_clip" / f"{model_name}__{pretrained}.bin"
+        raise WeightsError(
+            f"could not load open_clip {model_name} / {pretrained} ({type(exc).__name__}: {str(exc)[:160]}). "
+            f"Offline? Put the checkpoint at {expected} (or pass pretrained='/path/to/checkpoint'); pretrained=None runs random init"
+        ) from exc
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return model.eval(), preprocess, tokenizer
+
+
+class ClipBackbone(nn.Module):
+    """Wraps an open_clip model: image embedding plus the token maps of chosen transformer blocks."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int] = ()):
+        super().__init__()
+        self.model = model.eval()
+        blocks = model.visual.transformer.resblocks
+        bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
+        if bad:
+            raise AnomalensError(f"layer indices {bad} out of range for a {len(blocks)}-block vision transformer")
+        self.layers = tuple(int(i) % len(blocks) for i in layers)
+        self._tokens: dict[int, torch.Tensor] = {}
+        self._batch_first = getattr(model.visual.transformer, "batch_first", True)
+        for i in self.layers:
+            blocks[i].register_forward_hook(self._make_hook(i))
+
+    def _make_hook(self, i: int):
+        def hook(_m, _inp, out):
+            out = out[0] if isinstance(out, tuple) else out
+            self._tokens[i] = out if self._batch_first else out.transpose(0, 1)
+
+        return hook
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """(image embeddings (B, D), {layer: tokens (B, 1 + patches, width)})."""
+        self._tokens = {}
+        emb = self.model.encode_image(images)
+        return emb, {i: self._tokens[i] for i in self.layers}

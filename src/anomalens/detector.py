@@ -1,0 +1,245 @@
+"""The detector contract: fit / predict / calibrate / save / load, and the typed `Prediction`.
+
+Subclasses store settings in `__init__` (nothing else), learn state in `_fit` into attributes ending in
+`_`, and score in `_predict_batch`. Saved models are a directory: `config.json` (settings, format version,
+threshold) + `model.safetensors` (tensors). No pickle is ever written or read.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+
+from .data import DataLike, ImageDataset, ImageTransform, as_dataset, iter_batches
+from .device import resolve_device
+from .errors import ModelFormatError, NotFittedError
+from .io import atomic_path, load_safetensors_mmap
+
+FORMAT_NAME = "anomalens-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+TENSORS_FILE = "model.safetensors"
+
+
+@dataclass
+class Prediction:
+    """Scores of N images: higher = more anomalous.
+
+    image_scores (N,) float64; anomaly_maps (N, H, W) float32 at the model's input resolution;
+    labels (N,) bool, or None when no threshold is set; masks / gt_labels carried from a labelled dataset.
+    """
+
+    image_scores: np.ndarray
+    anomaly_maps: np.ndarray
+    labels: Optional[np.ndarray]
+    paths: list[str]
+    gt_labels: Optional[np.ndarray] = None
+    masks: Optional[np.ndarray] = None
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_scores)
+
+    def records(self) -> list[dict]:
+        """One dict per image: path, score, label (for CSV / JSON export)."""
+        labels = self.labels if self.labels is not None else [None] * len(self)
+        return [
+            {"path": p, "score": float(s), "anomalous": (None if l is None else bool(l))}
+            for p, s, l in zip(self.paths, self.image_scores, labels)
+        ]
+
+
+class Detector:
+    """Base class of every anomaly detector (scikit-learn style)."""
+
+    name: ClassVar[str] = "detector"
+    zero_shot: ClassVar[bool] = False
+
+    # ---- settings -------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The constructor settings, read back from attributes of the same name."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: _jsonable(getattr(self, k)) for k in sig.parameters if k != "self"}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def transform(self) -> ImageTransform:
+        """The image geometry and normalisation this model expects."""
+        raise NotImplementedError
+
+    @property
+    def random_init(self) -> bool:
+        """True when the backbone runs without pretrained weights (scores then only show the pipeline works)."""
+        return getattr(self, "weights", "x") is None
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether `fit` has run (zero-shot models are always ready)."""
+        return self.zero_shot or getattr(self, "fitted_", False)
+
+    def _check_fitted(self, action: str = "predict") -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(normal_images) before {action}()")
+
+    @property
+    def device_(self) -> torch.device:
+        """The resolved torch device."""
+        return resolve_device(getattr(self, "device", "auto"))
+
+    # ---- the contract -----------------------------------------------------
+    def fit(self, data: DataLike) -> "Detector":
+        """Learn from normal (or, for zero-shot methods, any/no) images; returns self."""
+        ds = as_dataset(data, self.transform)
+        self._fit(ds)
+        self.fitted_ = True
+        self.threshold_ = None
+        return self
+
+    def _fit(self, dataset: ImageDataset) -> None:
+        raise NotImplementedError
+
+    def predict(self, data: DataLike) -> Prediction:
+        """Score images: image scores, anomaly maps, and labels when a threshold is set."""
+        self._check_fitted("predict")
+        ds = as_dataset(data, self.transform)
+        scores, maps, masks, paths = [], [], [], []
+        keep_masks = ds.has_masks
+        for images, batch_masks, samples in iter_batches(ds, self.transform, self.batch_size_for_predict, description=f"{self.name}: scoring"):
+            s, m = self._predict_batch(images)
+            scores.append(np.asarray(s, dtype=np.float64))
+            maps.append(np.asarray(m, dtype=np.float32))
+            if keep_masks:
+                masks.append(batch_masks.numpy() if batch_masks is not None else None)
+            paths += [smp.path for smp in samples]
+        image_scores = np.concatenate(scores)
+        anomaly_maps = np.concatenate(maps)
+        threshold = getattr(self, "threshold_", None)
+        labels = image_scores > threshold if threshold is not None else None
+        gt = ds.labels if ds.has_labels else None
+        gt_masks = np.concatenate(masks) if keep_masks and all(m is not None for m in masks) else None
+        return Prediction(image_scores, anomaly_maps, labels, paths, gt, gt_masks, self.info())
+
+    @property
+    def batch_size_for_predict(self) -> int:
+        return int(getattr(self, "batch_size", 8))
+
+    def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def calibrate(self, normal_data: DataLike, fpr: float = 0.01) -> "Detector":
+        """Set `threshold_` from normal images only: the (1 − fpr) quantile of their image scores.
+
+        Use held-out normal images (not the ones given to `fit`): their scores are biased low.
+        """
+        if not 0.0 <= fpr < 1.0:
+            raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+        self._check_fitted("calibrate")
+        pred = self.predict(normal_data)
+        if pred.gt_labels is not None and (pred.gt_labels == 1).any():
+            raise ValueError("calibrate() takes normal images only; the data given holds anomalous samples")
+        self.threshold_ = float(np.quantile(pred.image_scores, 1.0 - fpr, method="higher"))
+        self.calibration_ = {"fpr": fpr, "n_images": int(len(pred))}
+        return self
+
+    def info(self) -> dict:
+        """What produced a result: model name, device, random-init flag."""
+        out = {"model": self.name, "device": str(self.device_), "random_init": self.random_init}
+        if self.random_init:
+            out["warning"] = "random-init backbone: scores show the pipeline works, not pretrained accuracy"
+        return out
+
+    # ---- persistence ----------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors that make up the fitted state (subclasses)."""
+        return {}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        """Restore fitted state from tensors and the JSON `extra` block (subclasses)."""
+
+    def _state_extra(self) -> dict:
+        """JSON-serialisable fitted state that is not a tensor (subclasses)."""
+        return {}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `config.json` + `model.safetensors` into the directory `path`, atomically."""
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        self._check_fitted("save")
+        path = Path(path)
+        config = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "anomalens_version": __version__,
+            "model": self.name,
+            "settings": self.get_params(),
+            "threshold": getattr(self, "threshold_", None),
+            "calibration": getattr(self, "calibration_", None),
+            "state": self._state_extra(),
+            "random_init": self.random_init,
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT_NAME})
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return path
+
+
+def load(path: str | os.PathLike, device: Optional[str] = None) -> Detector:
+    """Load a model saved with `Detector.save`; tensors are memory-mapped, never unpickled."""
+    from .registry import get_entry
+
+    path = Path(path)
+    cfg_path, tensor_path = path / CONFIG_FILE, path / TENSORS_FILE
+    if not path.exists():
+        raise ModelFormatError(f"no saved model at {path}")
+    if not cfg_path.is_file() or not tensor_path.is_file():
+        raise ModelFormatError(f"{path} is not an anomalens model directory (needs {CONFIG_FILE} and {TENSORS_FILE})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"corrupt {cfg_path}: {exc}") from exc
+    if config.get("format") != FORMAT_NAME:
+        raise ModelFormatError(f"{cfg_path} is not an anomalens model (format={config.get('format')!r})")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{cfg_path} has format version {version!r}; this anomalens reads version {FORMAT_VERSION} (upgrade anomalens)"
+        )
+    entry = get_entry(config["model"])
+    settings = dict(config.get("settings", {}))
+    if device is not None:
+        settings["device"] = device
+    model = entry.cls(**settings)
+    try:
+        tensors = load_safetensors_mmap(tensor_path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelFormatError(f"corrupt tensor file {tensor_path}: {exc}") from exc
+    model._load_state(tensors, config.get("state", {}))
+    model.fitted_ = True
+    model.threshold_ = config.get("threshold")
+    model.calibration_ = config.get("calibration")
+    return model
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (list,)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, torch.device):
+        return str(v)
+    return v

@@ -1,0 +1,4 @@
+"""Built-in detectors (importing this package registers them)."""
+from .patchcore import PatchCore
+
+__all__ = ["PatchCore"]

@@ -1,0 +1,95 @@
+"""Greedy k-center coreset (PatchCore §3.2, Alg. 1) — exact, fast: one fused GEMV per step, no host syncs.
+
+Selection is identical to the plain greedy algorithm: pick argmax_m δ(m), then δ(m) ← min(δ(m), ‖ψ(m) − ψ(c)‖).
+We keep δ² (same argmax), update it with ‖x‖² − 2x·c + ‖c‖² from precomputed norms, and mask chosen points.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..progress import track
+
+
+def coreset_size(n: int, ratio: float) -> int:
+    """l = max(1, ⌊ratio·N⌋); ratio must be in (0, 1]."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
+    return max(1, int(math.floor(ratio * n)))
+
+
+def random_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
+    """ψ: dense (in_dim, out_dim) matrix, entries U(±1/√in_dim) from a seeded generator (the official code's layout)."""
+    g = torch.Generator().manual_seed(int(seed))
+    bound = 1.0 / math.sqrt(in_dim)
+    return (torch.rand(in_dim, out_dim, generator=g) * 2 - 1) * bound
+
+
+def project(features: torch.Tensor, proj: Optional[torch.Tensor], chunk: int = 65536, dtype=torch.float32,
+            device: Optional[torch.device] = None) -> torch.Tensor:
+    """ψ(M) in row chunks (the bank may be memory-mapped and float16); None = no projection."""
+    device = device or torch.device("cpu")
+    out = torch.empty(features.shape[0], proj.shape[1] if proj is not None else features.shape[1], dtype=dtype, device=device)
+    for s in range(0, features.shape[0], chunk):
+        x = features[s : s + chunk].to(device=device, dtype=dtype)
+        out[s : s + chunk] = x @ proj.to(device=device, dtype=dtype) if proj is not None else x
+    return out
+
+
+def greedy_coreset(
+    features: torch.Tensor,
+    ratio: float = 0.1,
+    n: Optional[int] = None,
+    proj_dim: int = 128,
+    seed: int = 0,
+    start: str = "mean10",
+    dtype=torch.float32,
+    device: Optional[torch.device] = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Indices (l,) of the greedy coreset of `features` (N, d), in selection order (ratio 1 = all rows, in order)."""
+    N, d = features.shape
+    if n is None and ratio >= 1.0:
+        return torch.arange(N)
+    l = n if n is not None else coreset_size(N, ratio)
+    proj = random_projection(d, proj_dim, seed) if d > proj_dim else None
+    x = project(features, proj, dtype=dtype, device=device)
+    return greedy_select(x, l, seed=seed, start=start, progress=progress)
+
+
+def greedy_select(x: torch.Tensor, l: int, seed: int = 0, start: str = "mean10", progress: bool = True) -> torch.Tensor:
+    """The greedy loop on already-projected points x (N, d*): l indices in selection order.
+
+    start='mean10': δ₀ = mean distance to 10 seeded random points, none of them selected (official code);
+    start='random_point': one seeded random point is selected first (anomalib).
+    """
+    N = x.shape[0]
+    l = min(int(l), N)
+    sq = (x * x).sum(1)
+    rng = np.random.default_rng(seed)
+    selected = torch.empty(l, dtype=torch.long, device=x.device)
+    if start == "mean10":
+        idx = torch.as_tensor(rng.choice(N, size=min(10, N), replace=False), device=x.device)
+        starts = x[idx]
+        dist = torch.addmm(sq[:, None] + (starts * starts).sum(1)[None, :], x, starts.T, alpha=-2.0).clamp_(min=0).sqrt_()
+        delta = dist.mean(1).square_()  # square of the mean distance, not the mean of squares
+        first = 0
+    elif start == "random_point":
+        i0 = int(rng.integers(N))
+        selected[0] = i0
+        delta = torch.addmv(sq, x, x[i0], alpha=-2.0).add_(sq[i0]).clamp_(min=0)
+        delta[i0] = -1.0
+        first = 1
+    else:
+        raise ValueError(f"start must be 'mean10' or 'random_point', got {start!r}")
+    steps = range(first, l)
+    for i in (track(steps, "coreset", total=len(steps)) if progress and l - first > 2000 else steps):
+        j = torch.argmax(delta)  # stays a tensor: no host sync on GPU
+        selected[i] = j
+        dist = torch.addmv(sq, x, x[j], alpha=-2.0).add_(sq[j])
+        torch.minimum(delta, dist, out=delta)
+        delta[j] = -1.0  # never selected twice, even with duplicate points
+    return selected.cpu()
