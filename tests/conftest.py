@@ -1,0 +1,46 @@
+"""Shared fixtures: a small synthetic dataset, the real assets folder (skip when absent), quiet progress bars."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalens.progress import set_progress
+
+ASSETS = Path(os.environ.get("ANOMALENS_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+
+set_progress(False)
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own ANOMALENS_HOME so no test sees another's cached weights."""
+    monkeypatch.setenv("ANOMALENS_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small deterministic MVTec-layout dataset (3 categories, 12 train, 4 good + 2 per defect in test)."""
+    from anomalens.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_train=12, n_test_good=4, n_test_per_defect=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The real assets folder, or skip."""
+    if not ASSETS.is_dir():
+        pytest.skip(f"real assets not found at {ASSETS}")
+    return ASSETS
+
+
+def tiny_patchcore(**kw):
+    """A fast random-init PatchCore for unit tests (ResNet-18, 64 px)."""
+    import anomalens
+
+    settings = dict(backbone="resnet18", weights=None, resize=72, crop=64, coreset_ratio=0.5, batch_size=4, device="cpu")
+    settings.update(kw)
+    return anomalens.create("patchcore", **settings)
