@@ -197,8 +197,13 @@ def create_cnn(
     name: str,
     layers: Optional[Sequence[str]] = None,
     weights: Optional[str | os.PathLike] = "imagenet",
+    init_seed: int = 0,
 ) -> CNNFeatureExtractor:
-    """Feature extractor by backbone name. weights: 'imagenet' (pinned tag), a local file, or None (random init)."""
+    """Feature extractor by backbone name. weights: 'imagenet' (pinned tag), a local file, or None (random init).
+
+    Random init is seeded by `init_seed` (and leaves the global RNG untouched), so a saved random-init
+    model reloads with the very same backbone.
+    """
     if name in CNN_SPECS:
         spec = CNN_SPECS[name]
     elif name.startswith("timm:"):
@@ -219,7 +224,9 @@ def create_cnn(
     if not taps:
         raise AnomalensError(f"backbone {name!r} needs explicit layers=[...]")
     try:
-        model = _build(spec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = _build(spec)
     except Exception as exc:
         raise AnomalensError(f"cannot build backbone {name!r}: {exc}") from exc
     if weights is not None:

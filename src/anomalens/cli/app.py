@@ -26,6 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Industrial v
 console = Console()
 err_console = Console(stderr=True)
 
+SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1max": "I-F1max", "pixel_auroc": "P-AUROC",
+         "pixel_ap": "P-AP", "pixel_f1max": "P-F1max", "aupro": "AUPRO"}
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 DEMO_SETTINGS = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "coreset_ratio": 0.1}
 
@@ -65,7 +67,7 @@ def metrics_table(title: str, rows: dict[str, dict], random_init: bool = False) 
     t = Table(title=title + (" [yellow](random-init backbone)[/yellow]" if random_init else ""))
     t.add_column("category")
     for k in keys:
-        t.add_column(k, justify="right")
+        t.add_column(SHORT.get(k, k), justify="right")
     for cat, r in rows.items():
         t.add_row(cat, *[("nan" if math.isnan(r.get(k, float("nan"))) else f"{r[k]:.3f}") for k in keys])
     return t
@@ -112,6 +114,7 @@ def demo(
     """Write synthetic defect data, fit PatchCore per category, evaluate, save metrics + overlays, print a table."""
     from anomalens.data.synthetic import CATEGORIES, make_synthetic_dataset
 
+    anomalens.resolve_device(device)  # fail before any work on a bad device
     cats = list(categories or CATEGORIES)
     data_root = make_synthetic_dataset(out / "data", categories=cats, n_train=n_train, seed=seed)
     settings = dict(DEMO_SETTINGS, device=device, seed=seed)
@@ -187,7 +190,7 @@ def fit(
     det.save(out)
     thr = det.threshold_
     console.print(f"saved {det.name} to {out} ({len(train)} training images; threshold {thr if thr is None else f'{thr:.4f}'})"
-                  + (" [yellow][random-init backbone][/yellow]" if det.random_init else ""))
+                  + (" [yellow]\\[random-init backbone][/yellow]" if det.random_init else ""))
 
 
 @app.command()

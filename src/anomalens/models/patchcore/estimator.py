@@ -107,7 +107,7 @@ class PatchCore(Detector):
     def _features(self) -> PatchFeatures:
         feats = getattr(self, "_feature_model", None)
         if feats is None:
-            extractor = create_cnn(self.backbone, self.layers, self.weights).to(self.device_)
+            extractor = create_cnn(self.backbone, self.layers, self.weights, init_seed=self.seed).to(self.device_)
             with torch.no_grad():
                 probe = extractor(torch.zeros(1, 3, 64, 64, device=self.device_))
             channels = [v.shape[1] for v in probe.values()]
