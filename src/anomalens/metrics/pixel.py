@@ -84,8 +84,9 @@ class StreamingPixelMetrics:
         return self
 
     def groups(self) -> curves.RankGroups:
-        """Histogram bins as ranking groups (highest bin first)."""
-        return curves.RankGroups(self.neg[::-1].copy(), self.pos[::-1].copy(), self.pro[::-1].copy(), self.n_regions)
+        """Non-empty histogram bins as ranking groups (highest bin first)."""
+        keep = (self.neg + self.pos) > 0
+        return curves.RankGroups(self.neg[keep][::-1].copy(), self.pos[keep][::-1].copy(), self.pro[keep][::-1].copy(), self.n_regions)
 
     def compute(self, fpr_limit: float = curves.FPR_LIMIT) -> dict[str, float]:
         """Binned metrics and their error bounds."""
@@ -101,7 +102,7 @@ class StreamingPixelMetrics:
 
 
 def pixel_metrics_binned(maps_batches: Sequence, masks_batches: Sequence, score_range: Optional[tuple[float, float]] = None,
-                         n_bins: int = 65536, fpr_limit: float = curves.FPR_LIMIT) -> dict[str, float]:
+                         n_bins: int = 65536, fpr_limit: float = curves.FPR_LIMIT, chunk: int = 32) -> dict[str, float]:
     """Binned metrics over lists of map/mask batches (range from the data when not given)."""
     if score_range is None:
         lo = min(float(np.min(_to_numpy(m))) for m in maps_batches)
@@ -109,5 +110,7 @@ def pixel_metrics_binned(maps_batches: Sequence, masks_batches: Sequence, score_
         score_range = (lo, hi if hi > lo else lo + 1.0)
     acc = StreamingPixelMetrics(score_range, n_bins)
     for m, k in zip(maps_batches, masks_batches):
-        acc.update(m, k)
+        m, k = _as_maps(m, k)
+        for s in range(0, len(m), chunk):  # bounded temporaries: one chunk of maps at a time
+            acc.update(m[s : s + chunk], k[s : s + chunk])
     return acc.compute(fpr_limit)
