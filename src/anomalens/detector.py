@@ -96,6 +96,10 @@ class Detector:
         return resolve_device(getattr(self, "device", "auto"))
 
     # ---- the contract -----------------------------------------------------
+    def setup(self) -> "Detector":
+        """Build the backbone now (resolving its weights), so a missing file fails before any data work."""
+        return self
+
     def fit(self, data: DataLike) -> "Detector":
         """Learn from normal (or, for zero-shot methods, any/no) images; returns self."""
         ds = as_dataset(data, self.transform)

@@ -143,10 +143,7 @@ def demo(
 def _create_with_fallback(name: str, settings: dict):
     """Build a model; if its pretrained weights cannot be had, fall back to random init and say so."""
     try:
-        model = anomalens.create(name, **settings)
-        if settings.get("weights") is not None:
-            model._features()  # resolve weights now, so a failure is reported before the work starts
-        return model
+        return anomalens.create(name, **settings).setup()  # resolves weights before any work starts
     except anomalens.WeightsError as exc:
         err_console.print(f"[yellow]warning:[/yellow] {exc}\n[yellow]continuing with a random-init backbone[/yellow]")
         return anomalens.create(name, **dict(settings, weights=None))
@@ -181,7 +178,7 @@ def fit(
 ):
     """Fit a detector on normal images, calibrate its threshold on held-out normals, save it."""
     settings = parse_settings(setting) | {"device": device}
-    det = anomalens.create(model, **settings)
+    det = anomalens.create(model, **settings).setup()
     ds = _dataset(data, dataset, category, "train")
     train, calib = _split_holdout(ds, holdout)
     det.fit(train)

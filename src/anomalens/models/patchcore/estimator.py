@@ -15,6 +15,7 @@ from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ImageTransform, i
 from ...detector import Detector
 from ...ops.coreset import coreset_size, greedy_select, random_projection
 from ...ops.knn import ApproximateIndex, knn
+from ...ops.row_store import RowStore
 from ...ops.smoothing import gaussian_blur
 from ...registry import register_model
 from .torch_model import PatchFeatures, reweighted_score
@@ -115,6 +116,11 @@ class PatchCore(Detector):
             self._feature_model = feats
         return feats
 
+    def setup(self) -> "PatchCore":
+        """Build the backbone now (resolving its weights)."""
+        self._features()
+        return self
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, d, h, w) locally aware patch features."""
         with torch.inference_mode():
@@ -122,44 +128,41 @@ class PatchCore(Detector):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, dataset: ImageDataset) -> None:
-        """Stream patch features to a memory-mapped file, project on the fly, select the coreset, gather it."""
+        """Stream patch features to disk, project them on the fly to d*, select the coreset, gather its rows.
+
+        Resident during fit: the projected bank (N × d* float32), one batch, and the coreset at the end —
+        never the full N × d bank (that lives in a temporary file under `feature_dir`).
+        """
         self._validate()
-        n_images = len(dataset)
         dtype = _DTYPES[self.bank_dtype]
-        np_dtype = np.float16 if dtype == torch.float16 else np.float32
         work = Path(tempfile.mkdtemp(prefix="patchcore-", dir=self.feature_dir))
         try:
-            store = projected = proj = None
-            row = 0
+            store: Optional[RowStore] = None
+            projected = proj = None
             for images, _, _ in iter_batches(dataset, self.transform, self.batch_size, description="patchcore: features"):
                 f = self.embed(images)
                 B, d, h, w = f.shape
-                rows = f.permute(0, 2, 3, 1).reshape(-1, d)
+                rows = f.permute(0, 2, 3, 1).reshape(-1, d).to(dtype)
                 if store is None:
-                    n_rows = n_images * h * w
-                    store = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np_dtype, shape=(n_rows, d))
+                    store = RowStore(work / "features.bin", d, np.float16 if dtype == torch.float16 else np.float32)
                     proj = random_projection(d, self.projection_dim, self.seed).to(self.device_) if d > self.projection_dim else None
-                    projected = torch.empty(n_rows, proj.shape[1] if proj is not None else d, dtype=torch.float32)
                     self.feature_shape_ = (d, h, w)
-                stored = rows.to(dtype)
-                store[row : row + len(rows)] = stored.cpu().numpy()
-                # project what is stored, so selection sees exactly the bank's values
-                p_rows = stored.float() @ proj if proj is not None else stored.float()
-                projected[row : row + len(rows)] = p_rows.cpu()
-                row += len(rows)
-            store.flush()
+                    width = proj.shape[1] if proj is not None else d
+                    projected = torch.empty(len(dataset) * h * w, width, dtype=torch.float32)  # the resident part
+                start = store.n_rows
+                store.append(rows.cpu().numpy())
+                # project exactly what is stored, so selection sees the bank's own values
+                projected[start : store.n_rows] = (rows.float() @ proj if proj is not None else rows.float()).cpu()
+            n_rows = store.n_rows
             if self.coreset_ratio >= 1.0:
-                idx = torch.arange(row)
+                idx = torch.arange(n_rows)
             else:
-                l = coreset_size(row, self.coreset_ratio)
-                idx = greedy_select(projected.to(self.device_), l, seed=self.seed, start=self.coreset_start).cpu()
+                idx = greedy_select(projected.to(self.device_), coreset_size(n_rows, self.coreset_ratio), seed=self.seed,
+                                    start=self.coreset_start).cpu()
             del projected
-            order = np.sort(idx.numpy())  # read the file sequentially, then restore selection order
-            gathered = torch.from_numpy(np.ascontiguousarray(store[order]))
-            inverse = torch.from_numpy(np.argsort(np.argsort(idx.numpy())))
-            self.memory_bank_ = gathered[inverse].to(dtype)
+            self.memory_bank_ = torch.from_numpy(store.gather(idx.numpy()))
             self.coreset_indices_ = idx
-            del store
+            store.close()
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._index = None
