@@ -242,3 +242,14 @@ def test_synthetic_is_deterministic_and_masks_exact(tmp_path):
     assert files and all((r1 / f).read_bytes() == (r2 / f).read_bytes() for f in files)
     ds = MVTecAD(r1, "weave", "test")
     assert ds.has_masks and (ds.labels == 1).sum() == 5
+
+
+def test_few_shot_sample_is_seeded_subset(tmp_path):
+    root = _mvtec(tmp_path, n=6)
+    ds = MVTecAD(root, "cat", "train")
+    a, b, c = ds.sample(3, seed=1), ds.sample(3, seed=1), ds.sample(3, seed=2)
+    assert a.paths == b.paths and len(a) == 3 and set(a.paths) <= set(ds.paths)
+    assert any(ds.sample(3, seed=s).paths != a.paths for s in range(2, 6))
+    assert c.paths == sorted(c.paths)
+    with pytest.raises(DataError, match="cannot draw 7"):
+        ds.sample(7)

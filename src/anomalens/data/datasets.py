@@ -80,6 +80,13 @@ class ImageDataset(Sequence[Sample]):
             raise DataError(f"empty subset of {self.source}")
         return new
 
+    def sample(self, k: int, seed: int = 0) -> "ImageDataset":
+        """A seeded uniform draw of k samples without replacement (few-shot fitting), kept in dataset order."""
+        if not 1 <= k <= len(self):
+            raise DataError(f"cannot draw {k} of {len(self)} images from {self.source}")
+        idx = np.random.default_rng(seed).choice(len(self), size=k, replace=False)
+        return self.subset(sorted(int(i) for i in idx))
+
     @property
     def labels(self) -> np.ndarray:
         """(N,) int labels: 1 anomalous, 0 normal, -1 unknown."""

@@ -17,6 +17,7 @@ from ...ops.coreset import coreset_size, greedy_select, random_projection
 from ...ops.knn import ApproximateIndex, knn
 from ...ops.row_store import RowStore
 from ...ops.smoothing import gaussian_blur
+from ...memory import release_memory
 from ...registry import register_model
 from .torch_model import PatchFeatures, reweighted_score
 
@@ -153,6 +154,8 @@ class PatchCore(Detector):
                 store.append(rows.cpu().numpy())
                 # project exactly what is stored, so selection sees the bank's own values
                 projected[start : store.n_rows] = (rows.float() @ proj if proj is not None else rows.float()).cpu()
+                del f, rows
+                release_memory()  # batch temporaries go back to the OS: peak RSS stays flat as N grows
             n_rows = store.n_rows
             if self.coreset_ratio >= 1.0:
                 idx = torch.arange(n_rows)
