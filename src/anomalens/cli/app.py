@@ -178,8 +178,8 @@ def fit(
 ):
     """Fit a detector on normal images, calibrate its threshold on held-out normals, save it."""
     settings = parse_settings(setting) | {"device": device}
-    det = anomalens.create(model, **settings).setup()
     ds = _dataset(data, dataset, category, "train")
+    det = anomalens.create(model, **settings).setup()
     train, calib = _split_holdout(ds, holdout)
     det.fit(train)
     if calib is not None:
