@@ -164,3 +164,30 @@ def test_end_to_end_random_init_well_above_chance(synthetic_root, category):
     rep = anomalens.evaluate(model, MVTecAD(synthetic_root, category, "test"))
     assert rep.metrics["image_auroc"] >= 0.85
     assert rep.metrics["pixel_auroc"] >= 0.85
+
+
+def test_ensemble_of_identical_members_is_minmax_of_single(synthetic_root):
+    train, test = MVTecAD(synthetic_root, "disc", "train"), MVTecAD(synthetic_root, "disc", "test")
+    single = tiny_patchcore().fit(train).predict(test)
+    ens = tiny_patchcore(backbone=["resnet18", "resnet18"]).fit(train).predict(test)
+    s = single.image_scores
+    assert np.allclose(ens.image_scores, (s - s.min()) / (s.max() - s.min()), atol=1e-6)  # monotone: ranking kept
+    assert ens.image_scores.min() == pytest.approx(0.0) and ens.image_scores.max() == pytest.approx(1.0)
+    m = single.anomaly_maps
+    assert np.allclose(ens.anomaly_maps, (m - m.min()) / (m.max() - m.min()), atol=1e-5)
+
+
+def test_ensemble_calibrated_normalisation_round_trip(synthetic_root, tmp_path):
+    train = MVTecAD(synthetic_root, "grain", "train")
+    model = tiny_patchcore(backbone=["resnet18", "torchvision:resnet34"], layers=[["layer2", "layer3"], ["layer2", "layer3"]])
+    model.fit(train.subset(range(8))).calibrate(train.subset(range(8, 12)))
+    assert model.member_stats_ is not None and len(model.member_stats_[0]) == 2
+    test = MVTecAD(synthetic_root, "grain", "test")
+    before = model.predict(test)
+    one = model.predict(test.subset([0]))  # calibrated statistics: a single image scores as within the set
+    assert one.image_scores[0] == pytest.approx(before.image_scores[0], rel=1e-3)  # batch-size float noise only
+    model.save(tmp_path / "ens")
+    after = anomalens.load(tmp_path / "ens").predict(test)
+    assert np.array_equal(before.image_scores, after.image_scores) and np.array_equal(before.labels, after.labels)
+    with pytest.raises(ValueError, match="one list of layer names per backbone"):
+        tiny_patchcore(backbone=["resnet18", "resnet18"], layers=["layer2"]).fit(torch.rand(1, 3, 64, 64))

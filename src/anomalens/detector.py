@@ -124,8 +124,7 @@ class Detector:
             if keep_masks:
                 masks.append(batch_masks.numpy() if batch_masks is not None else None)
             paths += [smp.path for smp in samples]
-        image_scores = np.concatenate(scores)
-        anomaly_maps = np.concatenate(maps)
+        image_scores, anomaly_maps = self._postprocess(np.concatenate(scores), np.concatenate(maps))
         threshold = getattr(self, "threshold_", None)
         labels = image_scores > threshold if threshold is not None else None
         gt = ds.labels if ds.has_labels else None
@@ -138,6 +137,10 @@ class Detector:
 
     def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def _postprocess(self, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Set-level step after all batches (e.g. ensemble normalisation); identity by default."""
+        return scores, maps
 
     def calibrate(self, normal_data: DataLike, fpr: float = 0.01) -> "Detector":
         """Set `threshold_` from normal images only: the (1 − fpr) quantile of their image scores.

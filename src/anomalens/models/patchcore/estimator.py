@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,12 +38,18 @@ class PatchCore(Detector):
     and coreset_start 'mean10'; exact kNN ('faiss' or 'torch'), num_neighbors k = 1; distance 'l2' or
     'squared_l2'; image_score 'max' or 'reweighted' (Eq. 7, b = reweight_b); sigma = 4 map smoothing;
     bank_dtype 'float32' or 'float16'; knn 'ivfpq' for approximate search on huge banks.
+
+    Ensembles (paper Table 4): pass a list of backbones (and optionally a list of layer lists), e.g.
+    `backbone=["wide_resnet101_2", "resnext101_32x8d", "densenet201"], target_dim=384, coreset_ratio=0.01,
+    resize=366, crop=320`. Each member keeps its own bank; scores and maps are min–max normalised per member
+    and averaged. The normalisation uses the statistics of the normal images given to `calibrate` when it
+    has run, else those of the images being predicted (the official code's transductive protocol).
     """
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2",
-        layers: Optional[Sequence[str]] = None,
+        backbone: Union[str, Sequence[str]] = "wide_resnet50_2",
+        layers: Optional[Sequence] = None,
         weights: Optional[str] = "imagenet",
         resize: int = 256,
         crop: Optional[int] = 224,
@@ -106,108 +112,153 @@ class PatchCore(Detector):
             raise ValueError(f"bank_dtype must be one of {sorted(_DTYPES)}, got {self.bank_dtype!r}")
         coreset_size(1, self.coreset_ratio)  # validates the ratio
 
-    def _features(self) -> PatchFeatures:
-        feats = getattr(self, "_feature_model", None)
-        if feats is None:
-            extractor = create_cnn(self.backbone, self.layers, self.weights, init_seed=self.seed).to(self.device_)
-            with torch.no_grad():
-                probe = extractor(torch.zeros(1, 3, 64, 64, device=self.device_))
-            channels = [v.shape[1] for v in probe.values()]
-            feats = PatchFeatures(extractor, channels, self.patch_size, self.pretrain_dim, self.target_dim, self.aggregation)
-            self._feature_model = feats
-        return feats
+    def members(self) -> list[tuple[str, Optional[list[str]]]]:
+        """(backbone, layers) of every ensemble member (one for a single backbone)."""
+        if isinstance(self.backbone, str):
+            return [(self.backbone, list(self.layers) if self.layers else None)]
+        names = list(self.backbone)
+        if self.layers is None:
+            return [(n, None) for n in names]
+        if len(self.layers) != len(names) or not all(isinstance(l, (list, tuple)) for l in self.layers):
+            raise ValueError("with a list of backbones, layers must be None or one list of layer names per backbone")
+        return [(n, list(l)) for n, l in zip(names, self.layers)]
+
+    def _feature_models(self) -> list[PatchFeatures]:
+        models = getattr(self, "_feature_model_list", None)
+        if models is None:
+            models = []
+            for name, layers in self.members():
+                extractor = create_cnn(name, layers, self.weights, init_seed=self.seed).to(self.device_)
+                with torch.no_grad():
+                    probe = extractor(torch.zeros(1, 3, 64, 64, device=self.device_))
+                channels = [v.shape[1] for v in probe.values()]
+                models.append(PatchFeatures(extractor, channels, self.patch_size, self.pretrain_dim, self.target_dim, self.aggregation))
+            self._feature_model_list = models
+        return models
+
+    def _features(self, member: int = 0) -> PatchFeatures:
+        return self._feature_models()[member]
 
     def setup(self) -> "PatchCore":
-        """Build the backbone now (resolving its weights)."""
-        self._features()
+        """Build the backbone(s) now (resolving their weights)."""
+        self._feature_models()
         return self
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, d, h, w) locally aware patch features."""
+    def embed(self, images: torch.Tensor, member: int = 0) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, d, h, w) locally aware patch features of one member."""
         with torch.inference_mode():
-            return self._features()(images.to(self.device_))
+            return self._features(member)(images.to(self.device_))
 
     # ------------------------------------------------------------------ fit
     def _fit(self, dataset: ImageDataset) -> None:
         """Stream patch features to disk, project them on the fly to d*, select the coreset, gather its rows.
 
-        Resident during fit: the projected bank (N × d* float32), one batch, and the coreset at the end —
-        never the full N × d bank (that lives in a temporary file under `feature_dir`).
+        Resident during fit: the projected bank (N × d* float32) per member, one batch, and the coreset at
+        the end — never the full N × d bank (that lives in a temporary file under `feature_dir`).
         """
         self._validate()
-        dtype = _DTYPES[self.bank_dtype]
+        n_members = len(self._feature_models())
         work = Path(tempfile.mkdtemp(prefix="patchcore-", dir=self.feature_dir))
         try:
-            store: Optional[RowStore] = None
-            projected = proj = None
+            streams = [_BankStream(work / f"features{i}.bin", self) for i in range(n_members)]
             for images, _, _ in iter_batches(dataset, self.transform, self.batch_size, description="patchcore: features"):
-                f = self.embed(images)
-                B, d, h, w = f.shape
-                rows = f.permute(0, 2, 3, 1).reshape(-1, d).to(dtype)
-                if store is None:
-                    store = RowStore(work / "features.bin", d, np.float16 if dtype == torch.float16 else np.float32)
-                    proj = random_projection(d, self.projection_dim, self.seed).to(self.device_) if d > self.projection_dim else None
-                    self.feature_shape_ = (d, h, w)
-                    width = proj.shape[1] if proj is not None else d
-                    projected = torch.empty(len(dataset) * h * w, width, dtype=torch.float32)  # the resident part
-                start = store.n_rows
-                store.append(rows.cpu().numpy())
-                # project exactly what is stored, so selection sees the bank's own values
-                projected[start : store.n_rows] = (rows.float() @ proj if proj is not None else rows.float()).cpu()
-                del f, rows
+                for i, stream in enumerate(streams):
+                    stream.add(self.embed(images, i), len(dataset))
                 release_memory()  # batch temporaries go back to the OS: peak RSS stays flat as N grows
-            n_rows = store.n_rows
-            if self.coreset_ratio >= 1.0:
-                idx = torch.arange(n_rows)
-            else:
-                idx = greedy_select(projected.to(self.device_), coreset_size(n_rows, self.coreset_ratio), seed=self.seed,
-                                    start=self.coreset_start).cpu()
-            del projected
-            self.memory_bank_ = torch.from_numpy(store.gather(idx.numpy()))
-            self.coreset_indices_ = idx
-            store.close()
+            banks, indices = [], []
+            for stream in streams:
+                bank, idx = stream.select()
+                banks.append(bank)
+                indices.append(idx)
+            self.memory_banks_, self.coreset_indices_list_ = banks, indices
+            self.feature_shape_ = streams[0].shape
+            self.member_stats_ = None
         finally:
             shutil.rmtree(work, ignore_errors=True)
         self._index = None
 
+    @property
+    def memory_bank_(self) -> torch.Tensor:
+        """The memory bank M_C of the first (or only) member."""
+        return self.memory_banks_[0]
+
+    @memory_bank_.setter
+    def memory_bank_(self, bank: torch.Tensor) -> None:
+        self.memory_banks_[0] = bank
+        self._index = None
+
+    @property
+    def coreset_indices_(self) -> torch.Tensor:
+        """Indices into the streamed feature rows that form M_C (first member), in selection order."""
+        return self.coreset_indices_list_[0]
+
     # ------------------------------------------------------------------ predict
-    def _search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        bank = self.memory_bank_
+    def _search(self, queries: torch.Tensor, k: int, member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        bank = self.memory_banks_[member]
         if self.knn == "ivfpq":
-            if getattr(self, "_index", None) is None:
-                self._index = ApproximateIndex(bank, seed=self.seed)
-            return self._index.search(queries, k)
+            indexes = getattr(self, "_index", None) or {}
+            if member not in indexes:
+                indexes[member] = ApproximateIndex(bank, seed=self.seed)
+            self._index = indexes
+            return indexes[member].search(queries, k)
         if self.knn == "torch" and bank.device != queries.device:
-            bank = self.memory_bank_ = bank.to(queries.device)
+            bank = self.memory_banks_[member] = bank.to(queries.device)
         return knn(queries, bank, k, backend=self.knn)
 
     def _dist(self, sq: torch.Tensor) -> torch.Tensor:
         return sq if self.distance == "squared_l2" else sq.sqrt()
 
-    def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def patch_scores(self, images: torch.Tensor, member: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, h, w) patch scores s(m_test) (Eq. 6), the patch features (B·h·w, d) and NN indices (B·h·w, k)."""
-        f = self.embed(images)
+        f = self.embed(images, member)
         B, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, d).float()
-        sq, idx = self._search(q, self.num_neighbors)
+        sq, idx = self._search(q, self.num_neighbors, member)
         scores = self._dist(sq).mean(1)
         return scores.view(B, h, w), q, idx
 
-    def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        scores, q, idx = self.patch_scores(images)
+    def _member_outputs(self, images: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, q, idx = self.patch_scores(images, member)
         B, h, w = scores.shape
-        flat = scores.view(B, -1)
-        s_star, arg = flat.max(1)
+        s_star, arg = scores.view(B, -1).max(1)
         if self.image_score == "reweighted":
-            image = self._reweight(s_star, q.view(B, h * w, -1), idx.view(B, h * w, -1), arg)
+            image = self._reweight(s_star, q.view(B, h * w, -1), idx.view(B, h * w, -1), arg, member)
         else:
             image = s_star
         size = tuple(images.shape[-2:])
         maps = gaussian_blur(resize_map(scores, size, mode="bilinear", align_corners=False), self.sigma)
-        return image.double().cpu().numpy(), maps.float().cpu().numpy()
+        return image.double().cpu(), maps.float().cpu()
 
-    def _reweight(self, s_star, q, idx, arg) -> torch.Tensor:
-        bank = self.memory_bank_
+    def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        outs = [self._member_outputs(images, i) for i in range(len(self.memory_banks_))]
+        if len(outs) == 1:
+            return outs[0][0].numpy(), outs[0][1].numpy()
+        return torch.stack([o[0] for o in outs], 1).numpy(), torch.stack([o[1] for o in outs], 1).numpy()
+
+    def _postprocess(self, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ensembles: per-member min–max normalisation (calibration statistics, else the predicted set), then mean."""
+        if scores.ndim == 1 or getattr(self, "_raw_members", False):
+            return scores, maps
+        stats = self.member_stats_ if self.member_stats_ is not None else _member_minmax(scores, maps)
+        s_lo, s_hi, m_lo, m_hi = (np.asarray(v) for v in stats)
+        fused_s = ((scores - s_lo) / np.maximum(s_hi - s_lo, 1e-12)).mean(1)
+        fused_m = ((maps - m_lo[:, None, None]) / np.maximum(m_hi - m_lo, 1e-12)[:, None, None]).mean(1)
+        return fused_s, fused_m.astype(np.float32)
+
+    def calibrate(self, normal_data, fpr: float = 0.01) -> "PatchCore":
+        """As `Detector.calibrate`; ensembles first fix their per-member normalisation on these normal images."""
+        self._check_fitted("calibrate")
+        if len(self.memory_banks_) > 1:
+            self._raw_members = True
+            try:
+                raw = self.predict(normal_data)
+            finally:
+                self._raw_members = False
+            self.member_stats_ = [v.tolist() for v in _member_minmax(raw.image_scores, raw.anomaly_maps)]
+        return super().calibrate(normal_data, fpr)
+
+    def _reweight(self, s_star, q, idx, arg, member: int = 0) -> torch.Tensor:
+        bank = self.memory_banks_[member]
         b = min(int(self.reweight_b), bank.shape[0])
         rows = torch.arange(len(arg))
         m_test = q[rows, arg]  # (B, d)
@@ -219,13 +270,66 @@ class PatchCore(Detector):
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"memory_bank": self.memory_bank_, "coreset_indices": self.coreset_indices_}
+        out = {}
+        for i, (bank, idx) in enumerate(zip(self.memory_banks_, self.coreset_indices_list_)):
+            out[f"memory_bank.{i}"] = bank
+            out[f"coreset_indices.{i}"] = idx
+        return out
 
     def _state_extra(self) -> dict:
-        return {"feature_shape": list(self.feature_shape_)}
+        return {"feature_shape": list(self.feature_shape_), "n_members": len(self.memory_banks_),
+                "member_stats": self.member_stats_}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
-        self.memory_bank_ = tensors["memory_bank"]  # memory-mapped: not copied into RAM
-        self.coreset_indices_ = tensors.get("coreset_indices", torch.arange(self.memory_bank_.shape[0]))
+        n = int(extra.get("n_members", 1))
+        self.memory_banks_ = [tensors[f"memory_bank.{i}"] for i in range(n)]  # memory-mapped: not copied into RAM
+        self.coreset_indices_list_ = [tensors[f"coreset_indices.{i}"] for i in range(n)]
         self.feature_shape_ = tuple(extra.get("feature_shape", ()))
+        self.member_stats_ = extra.get("member_stats")
         self._index = None
+
+
+def _member_minmax(scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-member (min, max) of image scores (N, M) and of all map pixels (N, M, H, W)."""
+    return scores.min(0), scores.max(0), maps.min(axis=(0, 2, 3)), maps.max(axis=(0, 2, 3))
+
+
+class _BankStream:
+    """One member's fit stream: rows to an on-disk store, their d*-projection kept in RAM, then the coreset."""
+
+    def __init__(self, path: Path, model: PatchCore):
+        self.path, self.model = path, model
+        self.dtype = _DTYPES[model.bank_dtype]
+        self.store: Optional[RowStore] = None
+        self.projected: Optional[torch.Tensor] = None
+        self.proj: Optional[torch.Tensor] = None
+        self.shape: tuple[int, int, int] = (0, 0, 0)
+
+    def add(self, f: torch.Tensor, n_images: int) -> None:
+        """Append a batch of patch features (B, d, h, w)."""
+        B, d, h, w = f.shape
+        rows = f.permute(0, 2, 3, 1).reshape(-1, d).to(self.dtype)
+        if self.store is None:
+            m = self.model
+            self.store = RowStore(self.path, d, np.float16 if self.dtype == torch.float16 else np.float32)
+            self.proj = random_projection(d, m.projection_dim, m.seed).to(rows.device) if d > m.projection_dim else None
+            width = self.proj.shape[1] if self.proj is not None else d
+            self.projected = torch.empty(n_images * h * w, width, dtype=torch.float32)  # the resident part
+            self.shape = (d, h, w)
+        start = self.store.n_rows
+        self.store.append(rows.cpu().numpy())
+        # project exactly what is stored, so selection sees the bank's own values
+        self.projected[start : self.store.n_rows] = (rows.float() @ self.proj if self.proj is not None else rows.float()).cpu()
+
+    def select(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coreset rows in selection order, their indices); frees the projection and the file."""
+        m, n_rows = self.model, self.store.n_rows
+        if m.coreset_ratio >= 1.0:
+            idx = torch.arange(n_rows)
+        else:
+            idx = greedy_select(self.projected[:n_rows].to(m.device_), coreset_size(n_rows, m.coreset_ratio), seed=m.seed,
+                                start=m.coreset_start).cpu()
+        self.projected = None
+        bank = torch.from_numpy(self.store.gather(idx.numpy()))
+        self.store.close()
+        return bank, idx
