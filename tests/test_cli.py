@@ -48,10 +48,12 @@ def test_fit_predict_evaluate_round_trip(tmp_path, synthetic_root):
     r = runner.invoke(app, ["predict", str(model_dir), str(synthetic_root / "weave" / "test" / "hole" / "*.png"), "-o", str(tmp_path / "q"), "--format", "json", "--no-overlays"])
     assert r.exit_code == 0, r.output
     assert len(json.loads((tmp_path / "q" / "predictions.json").read_text())["predictions"]) == 2
-    r = runner.invoke(app, ["evaluate", str(synthetic_root), "--category", "weave", "--category", "disc", "-o", str(tmp_path / "e"), "--device", "cpu", *TINY])
+    r = runner.invoke(app, ["evaluate", str(synthetic_root), "--category", "weave", "--category", "disc", "-o", str(tmp_path / "e"),
+                            "--shots", "4", "--device", "cpu", *TINY])
     assert r.exit_code == 0, r.output
     table = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
     assert set(table) == {"weave", "disc", "mean"} and "aupro" in table["mean"]
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["shots"] == 4
     assert (tmp_path / "e" / "metrics.csv").read_text().startswith("category,image_auroc")
 
 

@@ -132,3 +132,8 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(anomalens.AnomalensError, match="CUDA is not available"):
             anomalens.resolve_device("cuda")
+
+
+def test_fit_without_data_only_for_zero_shot():
+    with pytest.raises(ValueError, match="needs normal images"):
+        tiny_patchcore().fit()

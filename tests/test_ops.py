@@ -162,3 +162,20 @@ def test_gaussian_blur_equals_scipy(shape):
     assert np.allclose(gaussian_blur(m, 4.0).numpy(), ref, atol=1e-10)
     const = torch.full((1, 20, 20), 3.0)
     assert torch.allclose(gaussian_blur(const, 4.0), const)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_row_store_gather_equals_in_memory_indexing(tmp_path, dtype):
+    from anomalens.ops.row_store import RowStore
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((1000, 7)).astype(dtype)
+    store = RowStore(tmp_path / "rows.bin", 7, dtype)
+    for s in range(0, 1000, 130):
+        store.append(data[s : s + 130])
+    idx = np.r_[rng.choice(1000, 50, replace=False), 5, 6, 7, 999, 0]  # scattered, consecutive runs, ends
+    idx = np.unique(idx)[rng.permutation(len(np.unique(idx)))]
+    assert np.array_equal(store.gather(idx), data[idx])
+    assert np.array_equal(store.gather(np.arange(1000)), data)
+    with pytest.raises(IndexError):
+        store.gather(np.array([1000]))

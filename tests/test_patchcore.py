@@ -191,3 +191,18 @@ def test_ensemble_calibrated_normalisation_round_trip(synthetic_root, tmp_path):
     assert np.array_equal(before.image_scores, after.image_scores) and np.array_equal(before.labels, after.labels)
     with pytest.raises(ValueError, match="one list of layer names per backbone"):
         tiny_patchcore(backbone=["resnet18", "resnet18"], layers=["layer2"]).fit(torch.rand(1, 3, 64, 64))
+
+
+def test_ivfpq_option_approximates_exact_scores():
+    imgs = _images(12)
+    exact = tiny_patchcore(coreset_ratio=1.0).fit(imgs[:10]).predict(imgs[10:])
+    approx = tiny_patchcore(coreset_ratio=1.0, knn="ivfpq").fit(imgs[:10]).predict(imgs[10:])
+    a, b = exact.anomaly_maps.ravel(), approx.anomaly_maps.ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.5  # approximate, but the same picture
+
+
+def test_few_shot_fit_with_one_image(synthetic_root):
+    train = MVTecAD(synthetic_root, "disc", "train")
+    model = tiny_patchcore().fit(train.sample(1, seed=0))
+    assert model.memory_bank_.shape[0] == int(0.5 * 64)  # 1 image × 8×8 patches × 50 %
+    assert len(model.predict(MVTecAD(synthetic_root, "disc", "test")).image_scores) == 16

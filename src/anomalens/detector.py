@@ -100,15 +100,19 @@ class Detector:
         """Build the backbone now (resolving its weights), so a missing file fails before any data work."""
         return self
 
-    def fit(self, data: DataLike) -> "Detector":
+    def fit(self, data: Optional[DataLike] = None) -> "Detector":
         """Learn from normal (or, for zero-shot methods, any/no) images; returns self."""
-        ds = as_dataset(data, self.transform)
-        self._fit(ds)
+        if data is None:
+            if not self.zero_shot:
+                raise ValueError(f"{type(self).__name__}.fit needs normal images (a dataset, folder, paths or tensor batch)")
+            self._fit(None)
+        else:
+            self._fit(as_dataset(data, self.transform))
         self.fitted_ = True
         self.threshold_ = None
         return self
 
-    def _fit(self, dataset: ImageDataset) -> None:
+    def _fit(self, dataset: Optional[ImageDataset]) -> None:
         raise NotImplementedError
 
     def predict(self, data: DataLike) -> Prediction:
@@ -116,20 +120,28 @@ class Detector:
         self._check_fitted("predict")
         ds = as_dataset(data, self.transform)
         scores, maps, masks, paths = [], [], [], []
-        keep_masks = ds.has_masks
-        for images, batch_masks, samples in iter_batches(ds, self.transform, self.batch_size_for_predict, description=f"{self.name}: scoring"):
+        for images, batch_masks, samples in self._batches(ds, f"{self.name}: scoring"):
             s, m = self._predict_batch(images)
             scores.append(np.asarray(s, dtype=np.float64))
             maps.append(np.asarray(m, dtype=np.float32))
-            if keep_masks:
-                masks.append(batch_masks.numpy() if batch_masks is not None else None)
+            masks.append(batch_masks)
             paths += [smp.path for smp in samples]
         image_scores, anomaly_maps = self._postprocess(np.concatenate(scores), np.concatenate(maps))
+        return self._prediction(ds, image_scores, anomaly_maps, masks, paths)
+
+    def _batches(self, ds: ImageDataset, description: str):
+        """(images, masks, samples) batches of `ds` through this model's transform."""
+        return iter_batches(ds, self.transform, self.batch_size_for_predict, description=description)
+
+    def _prediction(self, ds: ImageDataset, image_scores: np.ndarray, anomaly_maps: np.ndarray, masks: list, paths: list[str]) -> Prediction:
+        """Assemble a Prediction: labels from the threshold, ground truth carried over when the dataset has it."""
         threshold = getattr(self, "threshold_", None)
         labels = image_scores > threshold if threshold is not None else None
         gt = ds.labels if ds.has_labels else None
-        gt_masks = np.concatenate(masks) if keep_masks and all(m is not None for m in masks) else None
-        return Prediction(image_scores, anomaly_maps, labels, paths, gt, gt_masks, self.info())
+        gt_masks = None
+        if ds.has_masks and all(m is not None for m in masks):
+            gt_masks = np.concatenate([m.numpy() for m in masks])
+        return Prediction(image_scores, anomaly_maps.astype(np.float32, copy=False), labels, paths, gt, gt_masks, self.info())
 
     @property
     def batch_size_for_predict(self) -> int:

@@ -26,8 +26,31 @@ def _local_clip_checkpoint(model_name: str, tag: str) -> Optional[Path]:
     return None
 
 
-def create_clip(model_name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu"):
-    """(model, preprocess, tokenizer) from open_clip; `pretrained` is a tag, a local file, or None (random init)."""
+def resize_positional_embedding(visual: nn.Module, image_size: int) -> None:
+    """Re-grid a ViT's positional embedding for `image_size` (bicubic, align_corners=False, no antialias; CLS kept)."""
+    import torch.nn.functional as F
+
+    patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
+    new = image_size // patch
+    pos = visual.positional_embedding.data
+    old = int(round((pos.shape[0] - 1) ** 0.5))
+    if new == old:
+        return
+    cls_pos, grid = pos[:1], pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(new, new), mode="bicubic", align_corners=False, antialias=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(pos.dtype)
+    visual.positional_embedding = nn.Parameter(torch.cat([cls_pos, grid]), requires_grad=False)
+    visual.grid_size = (new, new)
+    visual.image_size = (image_size, image_size)
+
+
+def create_clip(model_name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
+                image_size: Optional[int] = None, init_seed: int = 0):
+    """(model, preprocess, tokenizer) from open_clip; `pretrained` is a tag, a local file, or None (random init).
+
+    image_size re-grids the positional embedding ourselves (see `resize_positional_embedding`); random init is
+    seeded by `init_seed` without touching the global RNG.
+    """
     import open_clip
 
     if model_name not in open_clip.list_models():
@@ -40,9 +63,11 @@ def create_clip(model_name: str, pretrained: Optional[str] = None, device: str |
             local = _local_clip_checkpoint(model_name, str(pretrained))
             source = str(local) if local else str(pretrained)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=source, device=device, cache_dir=str(cache_dir() / "open_clip")
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=source, device=device, cache_dir=str(cache_dir() / "open_clip")
+            )
     except Exception as exc:
         if pretrained is None:
             raise
@@ -51,6 +76,8 @@ def create_clip(model_name: str, pretrained: Optional[str] = None, device: str |
             f"could not load open_clip {model_name} / {pretrained} ({type(exc).__name__}: {str(exc)[:160]}). "
             f"Offline? Put the checkpoint at {expected} (or pass pretrained='/path/to/checkpoint'); pretrained=None runs random init"
         ) from exc
+    if image_size is not None:
+        resize_positional_embedding(model.visual, int(image_size))
     tokenizer = open_clip.get_tokenizer(model_name)
     return model.eval(), preprocess, tokenizer
 

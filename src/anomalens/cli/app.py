@@ -229,6 +229,8 @@ def evaluate(
     categories: Optional[List[str]] = typer.Option(None, "--category", help="categories (default: all)"),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="model setting key=value (repeatable)"),
     out: Path = typer.Option(Path("evaluation"), "--out", "-o", help="output folder for metrics.json / metrics.csv"),
+    shots: int = typer.Option(0, help="few-shot: fit on K normal images drawn with --seed (0 = all)"),
+    seed: int = typer.Option(0, help="seed of the few-shot draw"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Fit per category on the train split, evaluate on the test split; per-category metrics table, JSON and CSV."""
@@ -239,13 +241,15 @@ def evaluate(
     rows, rand = {}, False
     for cat in cats:
         det = anomalens.create(model, **settings)
-        det.fit(_dataset(root, dataset, cat, "train"))
+        train = _dataset(root, dataset, cat, "train")
+        det.fit(train.sample(shots, seed) if shots > 0 else train)
         rep = anomalens.evaluate(det, _dataset(root, dataset, cat, "test"))
         rows[cat] = rep.metrics
         rand = rand or det.random_init
         console.print(str(rep))
     table = _metrics.table(rows)
-    write_json(out / "metrics.json", {"model": model, "settings": settings, "random_init": rand, "metrics": table})
+    write_json(out / "metrics.json", {"model": model, "settings": settings, "shots": shots or "all", "seed": seed,
+                                      "random_init": rand, "metrics": table})
     buf = io.StringIO()
     keys = [k for k in _metrics.ALL_KEYS if any(k in r for r in table.values())]
     w = csv.writer(buf)

@@ -1,4 +1,4 @@
-"""An append-only on-disk matrix: rows written with plain file I/O (page cache, not process memory), read back by memmap.
+"""An append-only on-disk matrix: rows written and read back with plain file I/O (page cache, not process memory).
 
 Used to stream patch features while a backbone runs, so peak RSS never holds the full feature bank.
 """
@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 
 
@@ -20,7 +18,6 @@ class RowStore:
         self.dtype = np.dtype(dtype)
         self._fh = open(self.path, "wb")
         self.n_rows = 0
-        self._map: Optional[np.memmap] = None
 
     def append(self, rows: np.ndarray) -> None:
         """Write rows at the end of the file (converted to the store's dtype)."""
@@ -36,21 +33,34 @@ class RowStore:
             self._fh.close()
         return self
 
-    def _mapped(self) -> np.memmap:
-        self.finish()
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_rows, self.dim))
-        return self._map
-
     def gather(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at `indices` (in that order), reading the file in ascending order and touching only those pages."""
+        """Rows at `indices` (in that order), read with pread in ascending runs.
+
+        No memory map: a mapped file's read-ahead pages would count in the process's RSS.
+        """
+        self.finish()
         indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n_rows):
+            raise IndexError(f"row index out of range for {self.n_rows} rows")
         order = np.argsort(indices, kind="stable")
-        out = np.empty((len(indices), self.dim), dtype=self.dtype)
-        out[order] = self._mapped()[indices[order]]
+        srt = indices[order]
+        out_sorted = np.empty((len(indices), self.dim), dtype=self.dtype)
+        row_bytes = self.dim * self.dtype.itemsize
+        breaks = np.flatnonzero(np.diff(srt) != 1) + 1
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for run in np.split(np.arange(len(srt)), breaks):
+                if not len(run):
+                    continue
+                first, n = int(srt[run[0]]), len(run)
+                buf = os.pread(fd, n * row_bytes, first * row_bytes)
+                out_sorted[run[0] : run[0] + n] = np.frombuffer(buf, dtype=self.dtype).reshape(n, self.dim)
+        finally:
+            os.close(fd)
+        out = np.empty_like(out_sorted)
+        out[order] = out_sorted
         return out
 
     def close(self) -> None:
-        """Release the file handle and the mapping."""
+        """Release the file handle."""
         self.finish()
-        self._map = None

@@ -1,0 +1,326 @@
+"""The MuSc estimator: transductive mutual scoring of a set, plus stream / MuSc+ scoring against a reference pool."""
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...backbones import create_clip
+from ...data import CLIP_MEAN, CLIP_STD, DataLike, ImageDataset, ImageTransform, as_dataset
+from ...detector import Detector, Prediction
+from ...ops.rescoring import rscin
+from ...registry import register_model
+from .torch_model import interval_k, lnamd, msm_scores, mutual_min_distances, reduce_interval, reference_distances
+
+
+def default_layers(depth: int) -> list[int]:
+    """The last block of each of 4 equal stages: [5, 11, 17, 23] for 24 blocks, [2, 5, 8, 11] for 12."""
+    return [depth * (s + 1) // 4 - 1 for s in range(4)]
+
+
+def stratified_subsets(groups: Sequence[str], n_subsets: int, seed: int = 42) -> list[list[int]]:
+    """The official split: shuffle each defect-type group (Python `random`, seed 42), deal round-robin into s subsets."""
+    rnd = random.Random(seed)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    subsets: list[list[int]] = [[] for _ in range(n_subsets)]
+    for g in sorted(by_group):
+        idx = by_group[g][:]
+        rnd.shuffle(idx)
+        for k, i in enumerate(idx):
+            subsets[k % n_subsets].append(i)
+    return [sorted(s) for s in subsets if s]
+
+
+@register_model(
+    "musc",
+    description="MuSc: zero-shot mutual scoring of unlabeled images (LNAMD, MSM, RsCIN); stream and MuSc+ modes",
+    paper="Li et al., MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring, ICLR 2024",
+    pretrained={"ViT-L-14-336": "openai", "ViT-B-16-plus-240": "laion400m_e31"},
+)
+class MuSc(Detector):
+    """MuSc with the official run's defaults (spec §3.9): open_clip ViT-L-14-336 / openai at 518 px (GELU build),
+    layers [5, 11, 17, 23], r ∈ {1, 3, 5}, X_max = 0.3, RsCIN windows (1, 2, 3) (use (1, 8, 9) for VisA).
+
+    `predict(images)` scores the set transductively. After `fit(images)` (unlabeled or normal images) the pool
+    becomes the reference set: new images are scored against it (stream mode, K = ⌊0.3·P⌋), or with
+    reference_reducer='min' against normal references only (MuSc+, the paper's appendix).
+    """
+
+    zero_shot = True
+
+    def __init__(
+        self,
+        backbone: str = "ViT-L-14-336",
+        pretrained: Optional[str] = "openai",
+        image_size: int = 518,
+        layers: Optional[Sequence[int]] = None,
+        r_list: Sequence[int] = (1, 3, 5),
+        x_max: float = 0.3,
+        rscin_k: Sequence[int] = (1, 2, 3),
+        n_subsets: int = 1,
+        reference_reducer: str = "interval",
+        max_pool: Optional[int] = None,
+        block: int = 4,
+        batch_size: int = 4,
+        cache_dir: Optional[str] = None,
+        seed: int = 0,
+        device: str = "auto",
+    ):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.image_size = image_size
+        self.layers = layers
+        self.r_list = r_list
+        self.x_max = x_max
+        self.rscin_k = rscin_k
+        self.n_subsets = n_subsets
+        self.reference_reducer = reference_reducer
+        self.max_pool = max_pool
+        self.block = block
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.device = device
+
+    @property
+    def random_init(self) -> bool:
+        return self.pretrained is None
+
+    @property
+    def transform(self) -> ImageTransform:
+        """Squash to S×S, bicubic, OpenAI CLIP mean/std (spec §2.2)."""
+        return ImageTransform((self.image_size, self.image_size), None, CLIP_MEAN, CLIP_STD, "bicubic")
+
+    def setup(self) -> "MuSc":
+        """Build the ViT now (resolving its weights)."""
+        self._visual()
+        return self
+
+    def _visual(self):
+        visual = getattr(self, "_visual_model", None)
+        if visual is None:
+            model, _, _ = create_clip(self.backbone, self.pretrained, "cpu", image_size=self.image_size, init_seed=self.seed)
+            visual = model.visual.to(self.device_).eval()
+            del model
+            depth = len(visual.transformer.resblocks)
+            self._layer_ids = list(self.layers) if self.layers is not None else default_layers(depth)
+            self._visual_model = visual
+        return visual
+
+    # ------------------------------------------------------------------ features
+    def extract(self, ds: ImageDataset) -> tuple[dict[int, torch.Tensor], torch.Tensor, list]:
+        """Raw block outputs per layer {l: (N, M, C) float16}, L2-normalised CLS embeddings (N, D), masks per batch.
+
+        With `cache_dir`, each image file's tokens are stored once (float16 safetensors keyed by file content
+        identity and backbone settings), so re-scoring, ablations and metrics never re-run the ViT.
+        """
+        visual = self._visual()
+        cache = TokenCache(self.cache_dir, self._cache_tag()) if self.cache_dir else None
+        per_image: list[Optional[tuple[list[torch.Tensor], torch.Tensor]]] = [None] * len(ds)
+        if cache is not None:
+            for i, rec in enumerate(ds.records):
+                per_image[i] = cache.get(rec.path)
+        todo = [i for i, hit in enumerate(per_image) if hit is None]
+        masks = [None] * len(ds)
+        self._paths = list(ds.paths)
+        if todo:
+            sub = ds.subset(todo) if len(todo) < len(ds) else ds
+            pos = iter(todo)
+            for images, batch_masks, samples in self._batches(sub, "musc: features"):
+                with torch.inference_mode():
+                    out = visual.forward_intermediates(images.to(self.device_), indices=self._layer_ids,
+                                                       normalize_intermediates=False, output_fmt="NLC")
+                cls = F.normalize(out["image_features"].float(), dim=-1).cpu()
+                toks = [t.to("cpu", torch.float16) for t in out["image_intermediates"]]
+                for b in range(len(samples)):
+                    i = next(pos)
+                    per_image[i] = ([t[b] for t in toks], cls[b])
+                    masks[i] = batch_masks[b] if batch_masks is not None else None
+                    if cache is not None:
+                        cache.put(samples[b].path, per_image[i])
+        if ds.has_masks and any(m is None for m in masks):  # cached images: masks still come from the dataset
+            masks = [ds.load(r).mask for r in ds.records]
+        tokens = {l: torch.stack([p[0][k] for p in per_image]) for k, l in enumerate(self._layer_ids)}
+        stacked_masks = [torch.stack(masks)] if all(m is not None for m in masks) else [None]
+        return tokens, torch.stack([p[1] for p in per_image]), stacked_masks
+
+    def _cache_tag(self) -> str:
+        return f"{self.backbone}|{self.pretrained}|{self.image_size}|{list(self._layer_ids)}|{self.seed if self.pretrained is None else ''}"
+
+    def _grid(self, n_tokens: int) -> tuple[int, int]:
+        side = int(round(n_tokens**0.5))
+        return side, side
+
+    def _pairs(self, tokens: dict[int, torch.Tensor]):
+        """Yield z for each (layer, r): one such tensor resident at a time."""
+        for r in self.r_list:
+            for l in self._layer_ids:
+                t = tokens[l]
+                yield lnamd(t, self._grid(t.shape[1]), r)
+
+    # ------------------------------------------------------------------ scoring
+    def patch_scores(self, tokens: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Batch mode (Eq. 3): (N, M) mean over (layer, r) of MSM interval-mean scores."""
+        n = next(iter(tokens.values())).shape[0]
+        if n < 2:
+            raise ValueError("MuSc scores a set against itself: give at least 2 images, or fit() a reference pool first")
+        if n < 10:
+            warnings.warn(f"MuSc on only {n} images: mutual scoring is weak on small sets (K = {interval_k(n - 1, self.x_max)})")
+        total, count = None, 0
+        for z in self._pairs(tokens):
+            s = msm_scores(z, self.x_max, self.block)
+            total = s if total is None else total + s
+            count += 1
+        return total / count
+
+    def reference_scores(self, tokens: dict[int, torch.Tensor], pool: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Stream / MuSc+ mode: (N, M) scores of new images against the pool only."""
+        P = next(iter(pool.values())).shape[0]
+        k = 1 if self.reference_reducer == "min" else interval_k(P, self.x_max)
+        n_new = next(iter(tokens.values())).shape[0]
+        total, count = None, 0
+        for z_all in self._pairs({l: torch.cat([tokens[l], pool[l]]) for l in tokens}):  # one LNAMD pass, per image
+            s = reduce_interval(reference_distances(z_all[:n_new], z_all[n_new:], self.block), k)
+            total = s if total is None else total + s
+            count += 1
+        return total / count
+
+    def _maps(self, scores: torch.Tensor) -> torch.Tensor:
+        h, w = self._grid(scores.shape[1])
+        grid = scores.view(-1, 1, h, w)
+        return F.interpolate(grid, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)[:, 0]
+
+    # ------------------------------------------------------------------ contract
+    def _fit(self, dataset: Optional[ImageDataset]) -> None:
+        if self.reference_reducer not in ("interval", "min"):
+            raise ValueError(f"reference_reducer must be 'interval' or 'min', got {self.reference_reducer!r}")
+        if dataset is None:
+            self.pool_tokens_ = None
+            return
+        tokens, cls, _ = self.extract(dataset)
+        self.pool_tokens_, self.pool_cls_ = tokens, cls
+        self._trim_pool()
+
+    def partial_fit(self, data: DataLike) -> "MuSc":
+        """Add images to the reference pool (oldest dropped beyond `max_pool`)."""
+        ds = as_dataset(data, self.transform)
+        tokens, cls, _ = self.extract(ds)
+        if getattr(self, "pool_tokens_", None) is None:
+            self.pool_tokens_, self.pool_cls_ = tokens, cls
+        else:
+            self.pool_tokens_ = {l: torch.cat([self.pool_tokens_[l], tokens[l]]) for l in tokens}
+            self.pool_cls_ = torch.cat([self.pool_cls_, cls])
+        self._trim_pool()
+        self.fitted_ = True
+        return self
+
+    def _trim_pool(self) -> None:
+        if self.max_pool is not None and self.pool_cls_.shape[0] > self.max_pool:
+            keep = slice(self.pool_cls_.shape[0] - int(self.max_pool), None)
+            self.pool_tokens_ = {l: t[keep] for l, t in self.pool_tokens_.items()}
+            self.pool_cls_ = self.pool_cls_[keep]
+        self._pool_image_scores = None
+
+    def _pool_scores(self) -> torch.Tensor:
+        """Pre-RsCIN image scores of the pool among itself (for RsCIN over pool ∪ new)."""
+        if getattr(self, "_pool_image_scores", None) is None:
+            n = self.pool_cls_.shape[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the small-set warning is about query sets
+                self._pool_image_scores = self.patch_scores(self.pool_tokens_).amax(1) if n >= 2 else torch.zeros(n)
+        return self._pool_image_scores
+
+    def predict(self, data: DataLike) -> Prediction:
+        """Score the set (batch mode) or each image against the fitted pool (stream / MuSc+ mode)."""
+        ds = as_dataset(data, self.transform)
+        tokens, cls, masks = self.extract(ds)
+        pool = getattr(self, "pool_tokens_", None)
+        if pool is None:
+            n = cls.shape[0]
+            groups = [r.defect_type for r in ds.records]
+            parts = stratified_subsets(groups, self.n_subsets) if self.n_subsets > 1 else [list(range(n))]
+            scores = torch.empty(n, next(iter(tokens.values())).shape[1])
+            for idx in parts:
+                sub = {l: t[idx] for l, t in tokens.items()}
+                scores[idx] = self.patch_scores(sub)
+            c = scores.amax(1)
+            image = rscin(c, cls, self.rscin_k)  # over the whole category, not per subset
+        else:
+            scores = self.reference_scores(tokens, pool)
+            c = scores.amax(1)
+            all_c = torch.cat([c.double(), self._pool_scores().double()])
+            image = rscin(all_c, torch.cat([cls, self.pool_cls_]), self.rscin_k)[: len(c)]
+        self.raw_patch_scores_ = scores
+        maps = self._maps(scores)
+        return self._prediction(ds, image.numpy(), maps.numpy(), masks, self._paths)
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        if getattr(self, "pool_tokens_", None) is None:
+            return {}
+        out = {f"pool_tokens.{l}": t for l, t in self.pool_tokens_.items()}
+        out["pool_cls"] = self.pool_cls_
+        return out
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        if "pool_cls" not in tensors:
+            self.pool_tokens_ = None
+            return
+        self.pool_tokens_ = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("pool_tokens.")}
+        self.pool_cls_ = tensors["pool_cls"]
+        self._pool_image_scores = None
+
+
+class TokenCache:
+    """Per-image raw tokens on disk: <cache_dir>/<sha1(path, size, mtime, settings)>.safetensors (float16)."""
+
+    def __init__(self, folder: str, tag: str):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tag = tag
+
+    def _key(self, path: str):
+        import hashlib
+        import os
+
+        if path.startswith("<"):  # in-memory tensors have no identity on disk
+            return None
+        st = os.stat(path)
+        ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.tag}"
+        return self.folder / (hashlib.sha1(ident.encode()).hexdigest() + ".safetensors")
+
+    def get(self, path: str):
+        """(tokens per layer, cls) or None."""
+        key = self._key(path)
+        if key is None or not key.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            d = load_file(str(key))
+        except Exception:  # a torn or foreign file: recompute
+            return None
+        n = len([k for k in d if k.startswith("layer")])
+        return [d[f"layer{k}"] for k in range(n)], d["cls"]
+
+    def put(self, path: str, item) -> None:
+        """Store one image's tokens atomically."""
+        key = self._key(path)
+        if key is None:
+            return
+        from safetensors.torch import save_file
+
+        from ...io import atomic_path
+
+        tensors = {f"layer{k}": t.contiguous() for k, t in enumerate(item[0])}
+        tensors["cls"] = item[1].contiguous()
+        with atomic_path(key) as tmp:
+            save_file(tensors, str(tmp))

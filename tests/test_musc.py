@@ -1,0 +1,213 @@
+"""MuSc: spec §6 invariants — MSM, LNAMD, RsCIN, small-N guard, stream = batch, determinism, end to end."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import anomalens
+from anomalens.models.musc import interval_k, lnamd, msm_scores, mutual_min_distances
+from anomalens.models.musc.estimator import default_layers, stratified_subsets
+from anomalens.models.musc.torch_model import reduce_interval
+from anomalens.ops.rescoring import rscin
+
+
+def _unit(n, m, c, seed=0):
+    return F.normalize(torch.randn(n, m, c, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def bruteforce_msm(z: torch.Tensor, x_max: float = 0.3) -> torch.Tensor:
+    """Per ordered pair with torch.cdist, sort, mean of the K smallest — the obvious way."""
+    N, M, _ = z.shape
+    k = max(1, math.floor(x_max * (N - 1)))
+    out = torch.zeros(N, M, dtype=torch.float64)
+    for i in range(N):
+        per_j = torch.stack([torch.cdist(z[i].double(), z[j].double()).min(1).values for j in range(N) if j != i], 1)
+        out[i] = per_j.sort(1).values[:, :k].mean(1)
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 3, 16])
+def test_blocked_symmetric_msm_equals_bruteforce(block):
+    z = _unit(9, 12, 8)
+    assert torch.allclose(msm_scores(z, block=block).double(), bruteforce_msm(z), atol=1e-5)
+
+
+def test_permutation_equivariance():
+    z = _unit(8, 10, 6)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(msm_scores(z)[perm], msm_scores(z[perm]), atol=1e-6)
+
+
+def test_identical_images_score_zero():
+    z = _unit(1, 16, 8).expand(6, -1, -1).contiguous()
+    assert msm_scores(z).abs().max() < 1e-3
+
+
+def test_pasted_defect_is_found_and_highest():
+    base = _unit(1, 16, 8, seed=3)[0]
+    z = base.expand(10, -1, -1).clone() + 0.01 * torch.randn(10, 16, 8, generator=torch.Generator().manual_seed(0))
+    z[4, 7] = F.normalize(torch.randn(8, generator=torch.Generator().manual_seed(9)), dim=0)  # a patch nobody else has
+    s = msm_scores(F.normalize(z, dim=-1))
+    assert int(s[4].argmax()) == 7
+    image = s.amax(1)
+    assert int(image.argmax()) == 4 and image[4] > image[torch.arange(10) != 4].max()
+
+
+def test_pattern_shared_by_30_percent_scores_zero():
+    N = 11  # K = ⌊0.3·10⌋ = 3: a pattern in 4 images (each sees 3 others with it) looks normal
+    z = _unit(1, 9, 8, seed=2).expand(N, -1, -1).clone()
+    odd = F.normalize(torch.randn(8, generator=torch.Generator().manual_seed(5)), dim=0)
+    z[:4, 0] = odd
+    s = msm_scores(z)
+    assert s[:4, 0].max() < 1e-3
+    z2 = z.clone()
+    z2[1:4, 0] = z[5, 0]  # now only one image has it: anomalous
+    assert msm_scores(z2)[0, 0] > 0.5
+
+
+def test_reducer_equivalences():
+    z = _unit(7, 5, 4)
+    A = mutual_min_distances(z)
+    off = A.clone()
+    off[torch.arange(7), torch.arange(7)] = float("nan")
+    assert torch.allclose(reduce_interval(A, 1), torch.from_numpy(np.nanmin(off.numpy(), 1)), atol=1e-6)  # K = 1: min
+    assert torch.allclose(reduce_interval(A, 6), torch.from_numpy(np.nanmean(off.numpy(), 1)), atol=1e-6)  # all: mean
+
+
+def test_interval_k_and_small_n_guard():
+    assert interval_k(199) == 59 and interval_k(41) == 12
+    assert [interval_k(n) for n in (1, 2, 3)] == [1, 1, 1]  # the official code gives NaN here
+    assert torch.isfinite(msm_scores(_unit(3, 4, 4))).all()
+
+
+def test_lnamd_definition_and_affine_invariance():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 25, 6, generator=g)
+    for r in (1, 3, 5):
+        z = lnamd(t, (5, 5), r)
+        # explicit: one LayerNorm per image over everything, then r×r zero-padded mean, then unit length
+        x = t.reshape(2, 5, 5, 6)
+        x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(x.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+        p = (r - 1) // 2
+        padded = F.pad(x.permute(0, 3, 1, 2), (p, p, p, p))
+        ref = torch.zeros(2, 6, 5, 5)
+        for dy in range(r):
+            for dx in range(r):
+                ref += padded[:, :, dy : dy + 5, dx : dx + 5]
+        ref = F.normalize((ref / r**2).permute(0, 2, 3, 1).reshape(2, 25, 6), dim=-1)
+        assert torch.allclose(z, ref, atol=1e-5)
+        assert torch.allclose(lnamd(3.0 * t + 7.0, (5, 5), r), z, atol=1e-4)  # per-image affine invariance
+        assert torch.allclose(z.norm(dim=-1), torch.ones(2, 25), atol=1e-5)
+
+
+def test_rscin_properties():
+    g = torch.Generator().manual_seed(0)
+    c = torch.rand(12, generator=g, dtype=torch.float64)
+    cls = F.normalize(torch.randn(12, 5, generator=g, dtype=torch.float64), dim=-1)
+    ct = (c - c.min()) / (c.max() - c.min())
+    assert torch.allclose(rscin(c, cls, [1]), ct)  # k = 1 keeps only the image itself
+    out = rscin(c, cls, [1, 2, 3])
+    assert out.min() >= -1e-12 and out.max() <= 1 + 1e-12  # convex combinations of c̃
+    assert torch.equal(rscin(torch.full((5,), 2.0), cls[:5]), torch.full((5,), 2.0, dtype=torch.float64))
+    perm = torch.randperm(12, generator=g)
+    assert torch.allclose(rscin(c[perm], cls[perm], [1, 2, 3]), out[perm])
+    # an image whose nearest neighbour is very anomalous gets pulled up
+    assert rscin(c, cls, [2])[c.argmin()] >= ct[c.argmin()]
+
+
+def test_stratified_subsets_cover_every_image_once():
+    groups = ["good"] * 7 + ["crack"] * 5 + ["hole"] * 3
+    parts = stratified_subsets(groups, 3)
+    assert sorted(i for p in parts for i in p) == list(range(15))
+    assert all(abs(len(p) - 5) <= 1 for p in parts)
+    assert stratified_subsets(groups, 3) == parts  # seeded
+    assert default_layers(24) == [5, 11, 17, 23] and default_layers(12) == [2, 5, 8, 11]
+
+
+def _tiny(**kw):
+    settings = dict(backbone="ViT-S-16", pretrained=None, image_size=96, batch_size=4, device="cpu")
+    settings.update(kw)
+    return anomalens.create("musc", **settings)
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    base = 0.5 + 0.05 * torch.randn(1, 3, 96, 96, generator=g)
+    imgs = base.repeat(10, 1, 1, 1) + 0.01 * torch.randn(10, 3, 96, 96, generator=g)
+    imgs[3, :, 40:56, 40:56] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # a red square defect
+    return imgs.clamp(0, 1)
+
+
+def test_end_to_end_finds_the_pasted_defect(images):
+    model = _tiny()
+    pred = model.predict(images)
+    assert pred.anomaly_maps.shape == (10, 96, 96) and pred.image_scores.shape == (10,)
+    assert int(np.argmax(pred.image_scores)) == 3
+    peak = np.unravel_index(np.argmax(pred.anomaly_maps[3]), (96, 96))
+    assert 32 <= peak[0] <= 64 and 32 <= peak[1] <= 64
+    assert pred.info["random_init"] is True
+
+
+def test_stream_maps_equal_batch_maps_when_pool_is_the_other_images(images):
+    model = _tiny()
+    model.predict(images)
+    batch = model.raw_patch_scores_.clone()
+    for i in (0, 3):
+        others = torch.cat([images[:i], images[i + 1 :]])
+        stream = _tiny().fit(others)
+        stream.predict(images[i : i + 1])
+        assert torch.allclose(stream.raw_patch_scores_[0], batch[i], atol=1e-5)
+
+
+def test_musc_plus_min_over_references_and_pool_bound(images):
+    model = _tiny(reference_reducer="min", max_pool=4).fit(images[5:])
+    assert model.pool_cls_.shape[0] == 4  # bounded pool keeps the latest
+    pred = model.predict(images[3:5])
+    assert pred.image_scores.shape == (2,)
+    model.partial_fit(images[:2])
+    assert model.pool_cls_.shape[0] == 4
+
+
+def test_determinism_and_save_load(images, tmp_path):
+    a = _tiny().predict(images)
+    b = _tiny().predict(images)
+    assert np.array_equal(a.anomaly_maps, b.anomaly_maps)
+    model = _tiny().fit(images[4:])
+    before = model.predict(images[:2])
+    model.save(tmp_path / "musc")
+    after = anomalens.load(tmp_path / "musc").predict(images[:2])
+    assert np.allclose(before.image_scores, after.image_scores) and np.allclose(before.anomaly_maps, after.anomaly_maps)
+
+
+def test_small_set_warns_and_single_image_needs_a_pool(images):
+    with pytest.warns(UserWarning, match="only 4 images"):
+        _tiny().predict(images[:4])
+    with pytest.raises(ValueError, match="at least 2 images"):
+        _tiny().predict(images[:1])
+
+
+def test_token_cache_skips_the_vit_and_gives_identical_scores(tmp_path, monkeypatch):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for i in range(5):
+        arr = (np.full((96, 96, 3), 120) + g.integers(0, 6, (96, 96, 3))).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+    model = _tiny(cache_dir=str(tmp_path / "cache"))
+    first = model.predict(tmp_path / "*.png")
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 5
+    visual = model._visual()
+
+    def boom(*a, **k):
+        raise AssertionError("the ViT ran although every image was cached")
+
+    monkeypatch.setattr(visual, "forward_intermediates", boom)
+    again = model.predict(str(tmp_path / "*.png"))
+    assert np.array_equal(first.image_scores, again.image_scores)
+    assert np.array_equal(first.anomaly_maps, again.anomaly_maps)
