@@ -211,3 +211,12 @@ def test_token_cache_skips_the_vit_and_gives_identical_scores(tmp_path, monkeypa
     again = model.predict(str(tmp_path / "*.png"))
     assert np.array_equal(first.image_scores, again.image_scores)
     assert np.array_equal(first.anomaly_maps, again.anomaly_maps)
+
+
+def test_dinov2_through_timm_random_init(images):
+    model = _tiny(backbone="timm:vit_small_patch14_dinov2.lvd142m", image_size=98)
+    assert model.transform.mean == anomalens.data.IMAGENET_MEAN and model.transform.interpolation == "bilinear"
+    pred = model.predict(torch.nn.functional.interpolate(images, size=(98, 98), mode="bilinear", align_corners=False))
+    assert pred.anomaly_maps.shape == (10, 98, 98)
+    assert model._layer_ids == [2, 5, 8, 11]
+    assert int(np.argmax(pred.image_scores)) == 3

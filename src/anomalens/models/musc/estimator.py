@@ -10,11 +10,34 @@ import torch
 import torch.nn.functional as F
 
 from ...backbones import create_clip
-from ...data import CLIP_MEAN, CLIP_STD, DataLike, ImageDataset, ImageTransform, as_dataset
+from ...data import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, DataLike, ImageDataset, ImageTransform, as_dataset
 from ...detector import Detector, Prediction
 from ...ops.rescoring import rscin
 from ...registry import register_model
 from .torch_model import interval_k, lnamd, msm_scores, mutual_min_distances, reduce_interval, reference_distances
+
+
+def create_timm_vit(name: str, pretrained: Optional[str], image_size: int, seed: int = 0):
+    """A timm ViT (DINO / DINOv2) at `image_size`; pretrained: None (random init), a tag-resolved download, or a file."""
+    import os
+
+    import timm
+
+    from ...errors import WeightsError
+
+    kwargs = {"img_size": image_size, "num_classes": 0}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if pretrained is None:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            if os.path.isfile(str(pretrained)):
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)}, **kwargs)
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as exc:
+            raise WeightsError(f"could not load timm weights for {name} ({type(exc).__name__}: {str(exc)[:160]}). "
+                               "Offline? Download the checkpoint elsewhere and pass pretrained='/path/to/file.safetensors'; "
+                               "pretrained=None runs random init") from exc
 
 
 def default_layers(depth: int) -> list[int]:
@@ -93,9 +116,17 @@ class MuSc(Detector):
         return self.pretrained is None
 
     @property
+    def is_timm(self) -> bool:
+        """DINO / DINOv2 (or any timm ViT) given as 'timm:<name>', e.g. 'timm:vit_base_patch14_dinov2.lvd142m'."""
+        return self.backbone.startswith("timm:")
+
+    @property
     def transform(self) -> ImageTransform:
-        """Squash to S×S, bicubic, OpenAI CLIP mean/std (spec §2.2)."""
-        return ImageTransform((self.image_size, self.image_size), None, CLIP_MEAN, CLIP_STD, "bicubic")
+        """Squash to S×S: CLIP bicubic with OpenAI mean/std; DINO bilinear with ImageNet mean/std (spec §2.2)."""
+        size = (self.image_size, self.image_size)
+        if self.is_timm:
+            return ImageTransform(size, None, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+        return ImageTransform(size, None, CLIP_MEAN, CLIP_STD, "bicubic")
 
     def setup(self) -> "MuSc":
         """Build the ViT now (resolving its weights)."""
@@ -105,13 +136,34 @@ class MuSc(Detector):
     def _visual(self):
         visual = getattr(self, "_visual_model", None)
         if visual is None:
-            model, _, _ = create_clip(self.backbone, self.pretrained, "cpu", image_size=self.image_size, init_seed=self.seed)
-            visual = model.visual.to(self.device_).eval()
-            del model
-            depth = len(visual.transformer.resblocks)
+            if self.is_timm:
+                visual = create_timm_vit(self.backbone[5:], self.pretrained, self.image_size, self.seed)
+                depth = len(visual.blocks)
+            else:
+                model, _, _ = create_clip(self.backbone, self.pretrained, "cpu", image_size=self.image_size, init_seed=self.seed)
+                visual = model.visual
+                del model
+                depth = len(visual.transformer.resblocks)
+            visual = visual.to(self.device_).eval()
             self._layer_ids = list(self.layers) if self.layers is not None else default_layers(depth)
             self._visual_model = visual
         return visual
+
+    def _encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Raw patch tokens of the chosen blocks [(B, M, C)] and the image-level feature used by RsCIN (B, D).
+
+        CLIP: residual-stream tokens without ln_post; CLS = ln_post + proj, L2-normalised.
+        DINO / DINOv2 (timm): the final norm applied to every intermediate; CLS = final-norm CLS, not L2-normalised.
+        """
+        visual = self._visual()
+        with torch.inference_mode():
+            if self.is_timm:
+                final, inter = visual.forward_intermediates(images.to(self.device_), indices=self._layer_ids, norm=True,
+                                                            output_fmt="NLC")
+                return list(inter), final[:, 0].float()
+            out = visual.forward_intermediates(images.to(self.device_), indices=self._layer_ids,
+                                               normalize_intermediates=False, output_fmt="NLC")
+            return list(out["image_intermediates"]), F.normalize(out["image_features"].float(), dim=-1)
 
     # ------------------------------------------------------------------ features
     def extract(self, ds: ImageDataset) -> tuple[dict[int, torch.Tensor], torch.Tensor, list]:
@@ -120,7 +172,7 @@ class MuSc(Detector):
         With `cache_dir`, each image file's tokens are stored once (float16 safetensors keyed by file content
         identity and backbone settings), so re-scoring, ablations and metrics never re-run the ViT.
         """
-        visual = self._visual()
+        self._visual()
         cache = TokenCache(self.cache_dir, self._cache_tag()) if self.cache_dir else None
         per_image: list[Optional[tuple[list[torch.Tensor], torch.Tensor]]] = [None] * len(ds)
         if cache is not None:
@@ -133,11 +185,9 @@ class MuSc(Detector):
             sub = ds.subset(todo) if len(todo) < len(ds) else ds
             pos = iter(todo)
             for images, batch_masks, samples in self._batches(sub, "musc: features"):
-                with torch.inference_mode():
-                    out = visual.forward_intermediates(images.to(self.device_), indices=self._layer_ids,
-                                                       normalize_intermediates=False, output_fmt="NLC")
-                cls = F.normalize(out["image_features"].float(), dim=-1).cpu()
-                toks = [t.to("cpu", torch.float16) for t in out["image_intermediates"]]
+                inter, cls = self._encode(images)
+                cls = cls.cpu()
+                toks = [t.to("cpu", torch.float16) for t in inter]
                 for b in range(len(samples)):
                     i = next(pos)
                     per_image[i] = ([t[b] for t in toks], cls[b])

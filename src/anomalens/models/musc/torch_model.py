@@ -54,12 +54,15 @@ def mutual_min_distances(z: torch.Tensor, block: int = 4) -> torch.Tensor:
     A = torch.full((N, N, z.shape[1]), float("inf"), dtype=torch.float32)
     for s in range(0, N, block):
         zi = z[s : s + block]
-        for t in range(s, N, block):
+        for i in range(s, s + len(zi) - 1):  # inside the diagonal block: only pairs i < j, one GEMM each
+            d_ij, d_ji = _pair_block(z[i : i + 1], z[i + 1 : s + len(zi)])
+            A[i, i + 1 : s + len(zi)] = d_ij[0]
+            A[i + 1 : s + len(zi), i] = d_ji[:, 0]
+        for t in range(s + block, N, block):
             zj = z[t : t + block]
             d_ij, d_ji = _pair_block(zi, zj)
             A[s : s + len(zi), t : t + len(zj)] = d_ij
             A[t : t + len(zj), s : s + len(zi)] = d_ji
-    A[torch.arange(N), torch.arange(N)] = float("inf")
     return A
 
 
