@@ -220,3 +220,26 @@ def test_dinov2_through_timm_random_init(images):
     assert pred.anomaly_maps.shape == (10, 98, 98)
     assert model._layer_ids == [2, 5, 8, 11]
     assert int(np.argmax(pred.image_scores)) == 3
+
+
+def test_rscin_windows_follow_the_dataset():
+    from types import SimpleNamespace
+
+    model = _tiny()
+    assert model._windows(SimpleNamespace(name="visa")) == (1, 8, 9)
+    assert model._windows(SimpleNamespace(name="mvtec")) == (1, 2, 3)
+    assert _tiny(rscin_k=[1, 4])._windows(SimpleNamespace(name="visa")) == (1, 4)
+
+
+def test_cli_evaluates_musc_zero_shot(synthetic_root, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from anomalens.cli.app import app
+
+    r = CliRunner().invoke(app, ["evaluate", str(synthetic_root), "--model", "musc", "--category", "disc", "-o", str(tmp_path),
+                                 "--set", "backbone=ViT-S-16", "--set", "pretrained=None", "--set", "image_size=96", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]["disc"]
+    assert 0.0 <= m["image_auroc"] <= 1.0 and "aupro" in m

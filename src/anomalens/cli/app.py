@@ -233,7 +233,7 @@ def evaluate(
     seed: int = typer.Option(0, help="seed of the few-shot draw"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
-    """Fit per category on the train split, evaluate on the test split; per-category metrics table, JSON and CSV."""
+    """Fit per category on the train split (zero-shot models: only with --shots), evaluate on the test split."""
     if dataset not in ("mvtec", "visa"):
         raise ValueError(f"--dataset must be mvtec or visa, got {dataset!r}")
     cats = list(categories or (MVTecAD.categories(root) if dataset == "mvtec" else VisA.categories(root)))
@@ -241,8 +241,9 @@ def evaluate(
     rows, rand = {}, False
     for cat in cats:
         det = anomalens.create(model, **settings)
-        train = _dataset(root, dataset, cat, "train")
-        det.fit(train.sample(shots, seed) if shots > 0 else train)
+        if not det.zero_shot or shots > 0:  # zero-shot methods score the test set as it is (the papers' protocol)
+            train = _dataset(root, dataset, cat, "train")
+            det.fit(train.sample(shots, seed) if shots > 0 else train)
         rep = anomalens.evaluate(det, _dataset(root, dataset, cat, "test"))
         rows[cat] = rep.metrics
         rand = rand or det.random_init

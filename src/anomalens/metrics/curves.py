@@ -74,34 +74,25 @@ def auroc_error_bound(g: RankGroups) -> float:
     return float(0.5 * np.sum(g.pos * g.neg) / (P * N))
 
 
+def _cumulative(g: RankGroups) -> tuple[float, np.ndarray, np.ndarray]:
+    """(P, TP, predicted positives) at every threshold, from the highest down."""
+    return float(g.pos.sum()), np.cumsum(g.pos), np.cumsum(g.pos + g.neg)
+
+
 def average_precision(g: RankGroups) -> float:
     """AP = Σ (R_k − R_{k−1}) P_k over thresholds (scikit-learn's definition, no interpolation)."""
-    P = g.pos.sum()
+    P, tp, pp = _cumulative(g)
     if P == 0:
         return float("nan")
-    tp = np.cumsum(g.pos)
-    pp = np.cumsum(g.pos + g.neg)
-    precision = tp / pp
-    recall = tp / P
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(np.sum(np.diff(np.r_[0.0, tp / P]) * (tp / pp)))
 
 
 def f1_max(g: RankGroups) -> float:
     """Best F1 over all thresholds: max 2·TP / (TP + FP + P)."""
-    P = g.pos.sum()
+    P, tp, pp = _cumulative(g)
     if P == 0:
         return float("nan")
-    tp = np.cumsum(g.pos)
-    pp = np.cumsum(g.pos + g.neg)
     return float(np.max(2.0 * tp / (pp + P)))
-
-
-def f1_max_threshold_index(g: RankGroups) -> int:
-    """Index of the group whose lower edge gives the best F1."""
-    P = g.pos.sum()
-    tp = np.cumsum(g.pos)
-    pp = np.cumsum(g.pos + g.neg)
-    return int(np.argmax(2.0 * tp / (pp + P)))
 
 
 def pro_curve(g: RankGroups) -> tuple[np.ndarray, np.ndarray]:

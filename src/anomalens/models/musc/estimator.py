@@ -68,7 +68,8 @@ def stratified_subsets(groups: Sequence[str], n_subsets: int, seed: int = 42) ->
 )
 class MuSc(Detector):
     """MuSc with the official run's defaults (spec §3.9): open_clip ViT-L-14-336 / openai at 518 px (GELU build),
-    layers [5, 11, 17, 23], r ∈ {1, 3, 5}, X_max = 0.3, RsCIN windows (1, 2, 3) (use (1, 8, 9) for VisA).
+    layers [5, 11, 17, 23], r ∈ {1, 3, 5}, X_max = 0.3, RsCIN windows (1, 2, 3), or (1, 8, 9) on a VisA dataset
+    (rscin_k=None picks by dataset; set it to override).
 
     `predict(images)` scores the set transductively. After `fit(images)` (unlabeled or normal images) the pool
     becomes the reference set: new images are scored against it (stream mode, K = ⌊0.3·P⌋), or with
@@ -85,7 +86,7 @@ class MuSc(Detector):
         layers: Optional[Sequence[int]] = None,
         r_list: Sequence[int] = (1, 3, 5),
         x_max: float = 0.3,
-        rscin_k: Sequence[int] = (1, 2, 3),
+        rscin_k: Optional[Sequence[int]] = None,
         n_subsets: int = 1,
         reference_reducer: str = "interval",
         max_pool: Optional[int] = None,
@@ -286,6 +287,11 @@ class MuSc(Detector):
                 self._pool_image_scores = self.patch_scores(self.pool_tokens_).amax(1) if n >= 2 else torch.zeros(n)
         return self._pool_image_scores
 
+    def _windows(self, ds: ImageDataset) -> tuple[int, ...]:
+        if self.rscin_k is not None:
+            return tuple(self.rscin_k)
+        return (1, 8, 9) if ds.name == "visa" else (1, 2, 3)
+
     def predict(self, data: DataLike) -> Prediction:
         """Score the set (batch mode) or each image against the fitted pool (stream / MuSc+ mode)."""
         ds = as_dataset(data, self.transform)
@@ -300,12 +306,12 @@ class MuSc(Detector):
                 sub = {l: t[idx] for l, t in tokens.items()}
                 scores[idx] = self.patch_scores(sub)
             c = scores.amax(1)
-            image = rscin(c, cls, self.rscin_k)  # over the whole category, not per subset
+            image = rscin(c, cls, self._windows(ds))  # over the whole category, not per subset
         else:
             scores = self.reference_scores(tokens, pool)
             c = scores.amax(1)
             all_c = torch.cat([c.double(), self._pool_scores().double()])
-            image = rscin(all_c, torch.cat([cls, self.pool_cls_]), self.rscin_k)[: len(c)]
+            image = rscin(all_c, torch.cat([cls, self.pool_cls_]), self._windows(ds))[: len(c)]
         self.raw_patch_scores_ = scores
         maps = self._maps(scores)
         return self._prediction(ds, image.numpy(), maps.numpy(), masks, self._paths)
