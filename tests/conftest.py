@@ -44,3 +44,13 @@ def tiny_patchcore(**kw):
     settings = dict(backbone="resnet18", weights=None, resize=72, crop=64, coreset_ratio=0.5, batch_size=4, device="cpu")
     settings.update(kw)
     return anomalens.create("patchcore", **settings)
+
+
+def mapping_of(address: int) -> str:
+    """The file behind the memory mapping that holds `address` ('' for anonymous memory), from /proc/self/maps."""
+    for line in open("/proc/self/maps"):
+        parts = line.split()
+        lo, hi = (int(v, 16) for v in parts[0].split("-"))
+        if lo <= address < hi:
+            return parts[5] if len(parts) > 5 else ""
+    return ""

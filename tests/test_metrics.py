@@ -151,3 +151,33 @@ def test_compute_keys_and_table_mean():
     assert t["mean"]["image_auroc"] == pytest.approx(0.75)
     with pytest.raises(ValueError):
         metrics.compute(rng.random(8), np.arange(8) % 2, maps, None)
+
+
+def _pro_musc_loop(maps, masks, steps=200, limit=0.3):
+    """The cflow-ad / MuSc loop as written there: threshold by threshold, regions with 8-connectivity."""
+    regions = []
+    for i, m in enumerate(masks):
+        lab, n = ndimage.label(m, structure=np.ones((3, 3)))
+        regions += [(i, lab == k) for k in range(1, n + 1)]
+    lo, hi = maps.min(), maps.max()
+    fprs, pros = [], []
+    for th in np.arange(lo, hi, (hi - lo) / steps):
+        b = maps > th
+        pros.append(np.mean([b[i][r].sum() / r.sum() for i, r in regions]))
+        fprs.append((b & ~masks).sum() / (~masks).sum())
+    fprs, pros = np.array(fprs), np.array(pros)
+    keep = fprs < limit
+    f = fprs[keep]
+    f = (f - f.min()) / (f.max() - f.min())
+    o = np.argsort(f, kind="stable")
+    return np.trapezoid(pros[keep][o], f[o])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pro_musc_equals_the_reference_loop(seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 3:8, 3:8] = True
+    masks[2, 10:13, 2:18] = True
+    maps = (rng.random((3, 20, 20)) + masks * 0.5).astype(np.float32)
+    assert metrics.pro_musc(maps, masks) == pytest.approx(_pro_musc_loop(maps, masks), abs=1e-9)

@@ -243,3 +243,15 @@ def test_cli_evaluates_musc_zero_shot(synthetic_root, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]["disc"]
     assert 0.0 <= m["image_auroc"] <= 1.0 and "aupro" in m
+
+
+def test_stream_pool_lives_on_disk_as_float16(images):
+    model = _tiny().fit(images[4:])
+    pool = next(iter(model.pool_tokens_.values()))
+    assert pool.dtype == torch.float16 and pool.shape[0] == 6
+    import os
+
+    from conftest import mapping_of
+
+    if os.path.exists("/proc/self/maps"):
+        assert mapping_of(pool.data_ptr()).endswith(".npy")  # file-backed, not a copy in RAM

@@ -10,7 +10,7 @@ from anomalens.data import MVTecAD
 from anomalens.models.patchcore import reweighted_score
 from anomalens.ops import greedy_coreset
 
-from conftest import tiny_patchcore
+from conftest import mapping_of, tiny_patchcore
 
 
 def _images(n, size=64, seed=0):
@@ -137,22 +137,13 @@ def test_bad_settings_are_clear_errors():
         tiny_patchcore(layers=["layer9"]).fit(_images(1))
 
 
-def _mapping_of(address: int) -> str:
-    for line in open("/proc/self/maps"):
-        parts = line.split()
-        lo, hi = (int(v, 16) for v in parts[0].split("-"))
-        if lo <= address < hi:
-            return parts[5] if len(parts) > 5 else ""
-    return ""
-
-
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs /proc")
 def test_loaded_bank_is_memory_mapped(tmp_path):
     imgs = _images(3)
     model = tiny_patchcore(coreset_ratio=1.0).fit(imgs)
     model.save(tmp_path / "m")
     loaded = anomalens.load(tmp_path / "m")
-    mapped = _mapping_of(loaded.memory_bank_.data_ptr())
+    mapped = mapping_of(loaded.memory_bank_.data_ptr())
     assert mapped.endswith("model.safetensors")  # file-backed pages, not a copy in anonymous memory
     assert loaded.predict(imgs[:1]).image_scores[0] < 1e-3  # and it scores from that mapping
 

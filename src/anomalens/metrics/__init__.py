@@ -8,7 +8,7 @@ import numpy as np
 
 from .curves import FPR_LIMIT
 from .image import image_metrics
-from .pixel import StreamingPixelMetrics, pixel_metrics, pixel_metrics_binned
+from .pixel import StreamingPixelMetrics, pixel_metrics, pixel_metrics_binned, pro_musc
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
@@ -51,4 +51,4 @@ def table(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str
 
 
 __all__ = ["compute", "table", "mean_row", "image_metrics", "pixel_metrics", "pixel_metrics_binned",
-           "StreamingPixelMetrics", "ALL_KEYS", "IMAGE_KEYS", "PIXEL_KEYS", "FPR_LIMIT"]
+           "StreamingPixelMetrics", "pro_musc", "ALL_KEYS", "IMAGE_KEYS", "PIXEL_KEYS", "FPR_LIMIT"]

@@ -114,3 +114,33 @@ def pixel_metrics_binned(maps_batches: Sequence, masks_batches: Sequence, score_
         for s in range(0, len(m), chunk):  # bounded temporaries: one chunk of maps at a time
             acc.update(m[s : s + chunk], k[s : s + chunk])
     return acc.compute(fpr_limit)
+
+
+def pro_musc(maps, masks, steps: int = 200, fpr_limit: float = curves.FPR_LIMIT) -> float:
+    """PRO as the MuSc / APRIL-GAN / cflow-ad evaluation code computes it (for comparison with those papers only).
+
+    `steps` thresholds arange(min, max, (max − min)/steps); a pixel is positive when its score is > threshold;
+    points with FPR < fpr_limit are kept, their FPR axis min–max rescaled to [0, 1], then the trapezoid area.
+    The library's standard is the exact `aupro`.
+    """
+    maps, masks = _as_maps(maps, masks)
+    weights, n_regions = positive_region_weights(masks)
+    if n_regions == 0:
+        return float("nan")
+    lo, hi = float(maps.min()), float(maps.max())
+    thresholds = np.arange(lo, hi, (hi - lo) / steps) if hi > lo else np.array([lo])
+    # #{v > th_k} = number of values whose count of smaller thresholds exceeds k
+    idx_neg = np.searchsorted(thresholds, maps[~masks], side="left")
+    idx_pos = np.searchsorted(thresholds, maps[masks], side="left")
+    k = len(thresholds)
+    neg_above = np.cumsum(np.bincount(idx_neg, minlength=k + 1)[::-1])[::-1][1:]
+    pro_above = np.cumsum(np.bincount(idx_pos, weights=weights, minlength=k + 1)[::-1])[::-1][1:]
+    fpr = neg_above / max((~masks).sum(), 1)
+    pro = pro_above / n_regions
+    keep = fpr < fpr_limit
+    if keep.sum() < 2:
+        return float("nan")
+    f, p = fpr[keep], pro[keep]
+    f = (f - f.min()) / (f.max() - f.min()) if f.max() > f.min() else f
+    order = np.argsort(f, kind="stable")
+    return float(np.trapezoid(p[order], f[order]))

@@ -272,11 +272,30 @@ class MuSc(Detector):
         return self
 
     def _trim_pool(self) -> None:
+        """Bound the pool to the latest `max_pool` images and move its tokens to disk (float16, memory-mapped)."""
         if self.max_pool is not None and self.pool_cls_.shape[0] > self.max_pool:
             keep = slice(self.pool_cls_.shape[0] - int(self.max_pool), None)
             self.pool_tokens_ = {l: t[keep] for l, t in self.pool_tokens_.items()}
             self.pool_cls_ = self.pool_cls_[keep]
+        self.pool_tokens_ = self._to_disk(self.pool_tokens_)
         self._pool_image_scores = None
+
+    def _to_disk(self, tokens: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        import tempfile
+
+        from ...io import warnings_suppressed
+
+        old = getattr(self, "_pool_dir", None)
+        self._pool_dir = tempfile.TemporaryDirectory(prefix="musc-pool-", dir=self.cache_dir)
+        out = {}
+        for l, t in tokens.items():
+            path = f"{self._pool_dir.name}/layer{l}.npy"
+            np.save(path, t.to(torch.float16).numpy())
+            with warnings_suppressed():
+                out[l] = torch.from_numpy(np.load(path, mmap_mode="r"))
+        if old is not None:
+            old.cleanup()
+        return out
 
     def _pool_scores(self) -> torch.Tensor:
         """Pre-RsCIN image scores of the pool among itself (for RsCIN over pool ∪ new)."""

@@ -13,7 +13,8 @@ def lnamd(tokens: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
     """(N, M, C) raw patch tokens -> (N, M, C) unit vectors z^{m,r}.
 
     One LayerNorm per image over the whole (C, h, w) map (no affine), r×r zero-padded mean (padding counted),
-    then L2 normalisation of every patch vector.
+    then L2 normalisation of every patch vector. (Whether padding is counted cannot change z: the count is a
+    per-position scale that the L2 normalisation removes. The zeros themselves, after the mean is subtracted, do.)
     """
     N, M, C = tokens.shape
     h, w = grid
