@@ -212,7 +212,7 @@ class MuSc(Detector):
         """Yield z for each (layer, r): one such tensor resident at a time."""
         for r in self.r_list:
             for l in self._layer_ids:
-                t = tokens[l]
+                t = tokens[l].to(self.device_)  # scoring runs on the model's device, one (layer, r) at a time
                 yield lnamd(t, self._grid(t.shape[1]), r)
 
     # ------------------------------------------------------------------ scoring
@@ -228,7 +228,7 @@ class MuSc(Detector):
             s = msm_scores(z, self.x_max, self.block)
             total = s if total is None else total + s
             count += 1
-        return total / count
+        return (total / count).cpu()
 
     def reference_scores(self, tokens: dict[int, torch.Tensor], pool: dict[int, torch.Tensor]) -> torch.Tensor:
         """Stream / MuSc+ mode: (N, M) scores of new images against the pool only."""
@@ -240,7 +240,7 @@ class MuSc(Detector):
             s = reduce_interval(reference_distances(z_all[:n_new], z_all[n_new:], self.block), k)
             total = s if total is None else total + s
             count += 1
-        return total / count
+        return (total / count).cpu()
 
     def _maps(self, scores: torch.Tensor) -> torch.Tensor:
         h, w = self._grid(scores.shape[1])

@@ -52,7 +52,7 @@ def _pair_block(zi: torch.Tensor, zj: torch.Tensor) -> tuple[torch.Tensor, torch
 def mutual_min_distances(z: torch.Tensor, block: int = 4) -> torch.Tensor:
     """A[i, j, m] = min_n ‖z_i^m − z_j^n‖ for i ≠ j (diagonal = +inf); each unordered pair computed once."""
     N = z.shape[0]
-    A = torch.full((N, N, z.shape[1]), float("inf"), dtype=torch.float32)
+    A = torch.full((N, N, z.shape[1]), float("inf"), dtype=torch.float32, device=z.device)
     for s in range(0, N, block):
         zi = z[s : s + block]
         for i in range(s, s + len(zi) - 1):  # inside the diagonal block: only pairs i < j, one GEMM each
@@ -80,7 +80,7 @@ def msm_scores(z: torch.Tensor, x_max: float = X_MAX, block: int = 4) -> torch.T
 
 def reference_distances(z: torch.Tensor, ref: torch.Tensor, block: int = 4) -> torch.Tensor:
     """A[i, j, m] = min_n ‖z_i^m − ref_j^n‖ for query images z against a reference pool (no exclusion)."""
-    out = torch.empty(z.shape[0], ref.shape[0], z.shape[1], dtype=torch.float32)
+    out = torch.empty(z.shape[0], ref.shape[0], z.shape[1], dtype=torch.float32, device=z.device)
     for s in range(0, z.shape[0], block):
         for t in range(0, ref.shape[0], block):
             d, _ = _pair_block(z[s : s + block], ref[t : t + block])

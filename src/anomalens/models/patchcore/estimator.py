@@ -201,8 +201,8 @@ class PatchCore(Detector):
                 indexes[member] = ApproximateIndex(bank, seed=self.seed)
             self._index = indexes
             return indexes[member].search(queries, k)
-        if self.knn == "torch" and bank.device != queries.device:
-            bank = self.memory_banks_[member] = bank.to(queries.device)
+        if (self.knn == "torch" or queries.device.type != "cpu") and bank.device != queries.device:
+            bank = self.memory_banks_[member] = bank.to(queries.device)  # once: the bank then stays on the device
         return knn(queries, bank, k, backend=self.knn)
 
     def _dist(self, sq: torch.Tensor) -> torch.Tensor:
