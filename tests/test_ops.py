@@ -43,14 +43,25 @@ def greedy_bruteforce(x: np.ndarray, l: int, seed: int, start: str = "mean10") -
     return chosen
 
 
+@pytest.mark.parametrize("prune", [False, True])
 @pytest.mark.parametrize("start", ["mean10", "random_point"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_coreset_matches_bruteforce_greedy(start, seed):
+def test_coreset_matches_bruteforce_greedy(start, seed, prune):
     feats = torch.randn(300, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    fast = greedy_coreset(feats, ratio=0.1, proj_dim=16, seed=seed, start=start, dtype=torch.float64, progress=False)
+    fast = greedy_coreset(feats, ratio=0.1, proj_dim=16, seed=seed, start=start, dtype=torch.float64, progress=False, prune=prune)
     projected = (feats @ random_projection(200, 16, seed).double()).numpy()
     ref = greedy_bruteforce(projected, coreset_size(300, 0.1), seed, start)
     assert fast.tolist() == ref  # index by index
+
+
+@pytest.mark.parametrize("start", ["mean10", "random_point"])
+def test_pruned_coreset_equals_plain_on_clustered_data(start):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 32, generator=g) * 6
+    x = centres[torch.randint(0, 20, (4000,), generator=g)] + torch.randn(4000, 32, generator=g)
+    plain = greedy_coreset(x, n=400, seed=2, start=start, progress=False)
+    pruned = greedy_coreset(x, n=400, seed=2, start=start, progress=False, prune=True)
+    assert torch.equal(plain, pruned)
 
 
 def test_coreset_float32_matches_bruteforce_on_separated_data():

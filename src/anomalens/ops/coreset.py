@@ -49,6 +49,7 @@ def greedy_coreset(
     dtype=torch.float32,
     device: Optional[torch.device] = None,
     progress: bool = True,
+    prune: bool = False,
 ) -> torch.Tensor:
     """Indices (l,) of the greedy coreset of `features` (N, d), in selection order (ratio 1 = all rows, in order)."""
     N, d = features.shape
@@ -57,11 +58,17 @@ def greedy_coreset(
     l = n if n is not None else coreset_size(N, ratio)
     proj = random_projection(d, proj_dim, seed) if d > proj_dim else None
     x = project(features, proj, dtype=dtype, device=device)
-    return greedy_select(x, l, seed=seed, start=start, progress=progress)
+    return greedy_select(x, l, seed=seed, start=start, progress=progress, prune=prune)
 
 
-def greedy_select(x: torch.Tensor, l: int, seed: int = 0, start: str = "mean10", progress: bool = True) -> torch.Tensor:
+def greedy_select(x: torch.Tensor, l: int, seed: int = 0, start: str = "mean10", progress: bool = True,
+                  prune: bool = False) -> torch.Tensor:
     """The greedy loop on already-projected points x (N, d*): l indices in selection order.
+
+    prune=True skips, exactly, the points a new centre c cannot update: every point m keeps the centre a that
+    set δ(m); if ‖a − c‖ ≥ 2·max_{m∈a} δ(m) then ‖m − c‖ ≥ δ(m) for the whole group (triangle inequality).
+    Same selection; faster only on strongly clustered banks (measured 3x on 50 tight clusters, but 2.8x
+    slower on real EfficientNet patch features of MVTec hazelnut at 10 %), hence off by default.
 
     start='mean10': δ₀ = mean distance to 10 seeded random points, none of them selected (official code);
     start='random_point': one seeded random point is selected first (anomalib).
@@ -86,10 +93,46 @@ def greedy_select(x: torch.Tensor, l: int, seed: int = 0, start: str = "mean10",
     else:
         raise ValueError(f"start must be 'mean10' or 'random_point', got {start!r}")
     steps = range(first, l)
-    for i in (track(steps, "coreset", total=len(steps)) if progress and l - first > 2000 else steps):
+    steps = track(steps, "coreset", total=len(steps)) if progress and l - first > 2000 else steps
+    if prune:
+        return _select_pruned(x, sq, delta, selected, first, steps)
+    for i in steps:
         j = torch.argmax(delta)  # stays a tensor: no host sync on GPU
         selected[i] = j
         dist = torch.addmv(sq, x, x[j], alpha=-2.0).add_(sq[j])
         torch.minimum(delta, dist, out=delta)
         delta[j] = -1.0  # never selected twice, even with duplicate points
+    return selected.cpu()
+
+
+def _select_pruned(x, sq, delta, selected, first, steps) -> torch.Tensor:
+    """The same greedy loop with exact triangle-inequality pruning (δ kept squared; group -1 = start distances)."""
+    N = x.shape[0]
+    l = selected.shape[0]
+    owner = torch.full((N,), -1, dtype=torch.long, device=x.device)  # index into `selected` of the point's centre
+    gmax = torch.zeros(l, dtype=x.dtype, device=x.device)  # squared max δ per centre's group
+    if first == 1:  # random_point start: every point already belongs to the first centre
+        owner.fill_(0)
+        gmax[0] = delta.clamp(min=0).max()
+    for i in steps:
+        j = torch.argmax(delta)
+        selected[i] = j
+        c = x[j]
+        if i > 0:
+            cen = x[selected[:i]]
+            d_cc = (cen * cen).sum(1) - 2.0 * (cen @ c) + sq[j]  # squared centre-to-new-centre distances
+            live = d_cc < 4.0 * gmax[:i] * (1.0 + 1e-5) + 1e-12  # groups the new centre might reach
+            cand = torch.nonzero((owner < 0) | live[owner.clamp(min=0)], as_tuple=True)[0]
+        else:
+            cand = torch.arange(N, device=x.device)
+        dist = torch.addmv(sq[cand], x[cand], c, alpha=-2.0).add_(sq[j])
+        better = dist < delta[cand]
+        upd = cand[better]
+        delta[upd] = dist[better]
+        owner[upd] = i
+        delta[j] = -1.0
+        owner[j] = i
+        gmax[: i + 1] = 0
+        member = owner >= 0
+        gmax.scatter_reduce_(0, owner[member], delta[member].clamp(min=0), reduce="amax", include_self=True)
     return selected.cpu()

@@ -60,6 +60,7 @@ class PatchCore(Detector):
         coreset_ratio: float = 0.1,
         projection_dim: int = 128,
         coreset_start: str = "mean10",
+        coreset_prune: bool = False,
         seed: int = 0,
         knn: str = "faiss",
         num_neighbors: int = 1,
@@ -84,6 +85,7 @@ class PatchCore(Detector):
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.coreset_start = coreset_start
+        self.coreset_prune = coreset_prune
         self.seed = seed
         self.knn = knn
         self.num_neighbors = num_neighbors
@@ -328,7 +330,7 @@ class _BankStream:
             idx = torch.arange(n_rows)
         else:
             idx = greedy_select(self.projected[:n_rows].to(m.device_), coreset_size(n_rows, m.coreset_ratio), seed=m.seed,
-                                start=m.coreset_start).cpu()
+                                start=m.coreset_start, prune=m.coreset_prune).cpu()
         self.projected = None
         bank = torch.from_numpy(self.store.gather(idx.numpy()))
         self.store.close()
