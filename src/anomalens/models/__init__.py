@@ -1,5 +1,6 @@
 """Built-in detectors (importing this package registers them)."""
 from .musc import MuSc
 from .patchcore import PatchCore
+from .winclip import WinCLIP
 
-__all__ = ["MuSc", "PatchCore"]
+__all__ = ["MuSc", "PatchCore", "WinCLIP"]

@@ -1,0 +1,118 @@
+"""WinCLIP: prompts, window embeddings (token dropping = attention masking), harmonic aggregation, WinCLIP+ invariants."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import anomalens
+from anomalens.models.winclip import build_prompts, harmonic_aggregate, window_embeddings, window_indices
+from anomalens.models.winclip.prompts import TEMPLATES_ANOMALIB21, TEMPLATES_PAPER22
+from anomalens.models.winclip.torch_model import embed_tokens, encode_sequences
+
+
+@pytest.fixture(scope="module")
+def model():
+    return anomalens.create("winclip", class_name="metal_nut", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu")
+
+
+def test_prompt_counts_and_words():
+    normal, anomalous = build_prompts("metal_nut")
+    assert len(normal) == 7 * 22 and len(anomalous) == 4 * 22
+    assert normal[0] == "a cropped photo of the metal nut." and anomalous[0] == "a cropped photo of the damaged metal nut."
+    assert len(TEMPLATES_ANOMALIB21) == 21 and TEMPLATES_ANOMALIB21.count("a jpeg corrupted photo of the {}.") == 2
+    assert len(set(TEMPLATES_PAPER22)) == 22
+    _, extra = build_prompts("pcb", extra_anomalous=("bad soldering",))
+    assert len(extra) == 5 * 22 and "a photo of the pcb with bad soldering." in extra
+
+
+def test_window_indices_row_major():
+    w = window_indices(15, 2)
+    assert w.shape == (196, 4) and w[0].tolist() == [0, 1, 15, 16] and w[1].tolist() == [1, 2, 16, 17]
+    assert window_indices(15, 3).shape == (169, 9)
+
+
+def test_whole_grid_window_is_the_image_embedding(model):
+    visual = model._model().visual
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        E = embed_tokens(visual, x)
+        f, _ = encode_sequences(visual, E)
+        whole = window_embeddings(visual, E, window_indices(model.grid, model.grid))
+        ref = model._model().encode_image(x)
+    assert torch.allclose(whole[:, 0], f, atol=1e-4) and torch.allclose(f, ref, atol=1e-4)
+
+
+def test_window_embeddings_differ_and_equal_attention_masked_forward(model):
+    """The check that catches a batch-first/sequence-first mix-up (all windows identical, flat maps)."""
+    visual = model._model().visual
+    x = torch.randn(1, 3, 96, 96)
+    wins = window_indices(model.grid, 2)
+    with torch.inference_mode():
+        E = embed_tokens(visual, x)
+        fw = window_embeddings(visual, E, wins)[0]
+        assert (fw[0] - fw[1]).abs().max() > 1e-3 and torch.unique(fw.round(decimals=4), dim=0).shape[0] == len(wins)
+        for j in (0, 7, len(wins) - 1):  # full 1+P sequence, queries may only attend to CLS + window keys
+            keep = torch.zeros(E.shape[1], dtype=torch.bool)
+            keep[0] = True
+            keep[wins[j] + 1] = True
+            mask = torch.zeros(E.shape[1], E.shape[1])
+            mask[:, ~keep] = float("-inf")
+            out = visual.transformer(visual.ln_pre(E), attn_mask=mask)
+            cls = visual.ln_post(out[:, 0]) @ visual.proj
+            assert torch.allclose(cls[0], fw[j], atol=1e-4)
+
+
+def _harmonic_loop(scores, grid, k):
+    side = grid - k + 1
+    out = np.zeros((grid, grid))
+    for p in range(grid * grid):
+        r, c = divmod(p, grid)
+        cover = [scores[u * side + v] for u in range(side) for v in range(side) if u <= r < u + k and v <= c < v + k]
+        out[r, c] = len(cover) / sum(1 / s for s in cover)
+    return out
+
+
+def test_harmonic_aggregation_properties():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(1, 169, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    agg = harmonic_aggregate(s, 15, 3)[0]
+    assert np.allclose(agg.numpy(), _harmonic_loop(s[0].numpy(), 15, 3), atol=1e-10)
+    single = harmonic_aggregate(torch.tensor([[0.37]]), 15, 15)
+    assert torch.allclose(single, torch.full((1, 15, 15), 0.37))  # one window = its score everywhere
+    s2 = s.clone()
+    s2[0, 84] = 1e-9  # one near-zero window pulls the patches it covers towards 0
+    agg2 = harmonic_aggregate(s2, 15, 3)[0]
+    u, v = divmod(84, 13)
+    assert agg2[u + 1, v + 1] < 1e-6 and agg2[0, 0] == agg[0, 0]
+    assert torch.isfinite(harmonic_aggregate(torch.zeros(1, 196), 15, 2)).all()
+
+
+def test_few_shot_identity_and_shared_language_path(model):
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    zero = model.predict(x).image_scores
+    plus = anomalens.create("winclip", class_name="metal_nut", backbone="ViT-S-16", pretrained=None, image_size=96,
+                            device="cpu", k_shot=1).fit(x[:1])
+    s = plus.predict(x).image_scores
+    assert s[0] == pytest.approx(zero[0] / 2, rel=1e-5)  # the query is its own reference: M^W ≡ 0
+    assert s[1] > zero[1] / 2
+
+
+def test_few_shot_pasted_defect_peaks_at_its_place():
+    g = torch.Generator().manual_seed(2)
+    ref = (0.5 + 0.05 * torch.randn(1, 3, 96, 96, generator=g)).clamp(0, 1)
+    query = ref.clone()
+    query[:, :, 64:80, 16:32] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    plus = anomalens.create("winclip", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu", k_shot=1).fit(ref)
+    pred = plus.predict(torch.cat([ref, query]))
+    assert pred.image_scores[1] > pred.image_scores[0]
+    peak = np.unravel_index(np.argmax(pred.anomaly_maps[1] - pred.anomaly_maps[0]), (96, 96))
+    assert 56 <= peak[0] <= 88 and 8 <= peak[1] <= 40
+
+
+def test_deterministic_and_k_shot_needs_images(model):
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(model.predict(x).anomaly_maps, model.predict(x).anomaly_maps)
+    with pytest.raises(ValueError, match="needs normal reference images"):
+        anomalens.create("winclip", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu", k_shot=2).fit()
