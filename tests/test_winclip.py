@@ -116,3 +116,34 @@ def test_deterministic_and_k_shot_needs_images(model):
     assert np.array_equal(model.predict(x).anomaly_maps, model.predict(x).anomaly_maps)
     with pytest.raises(ValueError, match="needs normal reference images"):
         anomalens.create("winclip", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu", k_shot=2).fit()
+
+
+def test_truncated_text_encoding_is_exact(model):
+    from anomalens.models.winclip.torch_model import encode_text_truncated
+
+    clip = model._model()
+    tokens = model._tokenizer(build_prompts("bottle")[1][:12])
+    with torch.inference_mode():
+        assert torch.allclose(encode_text_truncated(clip, tokens), clip.encode_text(tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(240, 360), (240, 600), (300, 240), (240, 240), (240, 241)])
+def test_tiling_covers_every_pixel(h, w):
+    from anomalens.models.winclip.torch_model import tile_offsets
+
+    S = min(h, w)
+    cover = np.zeros((h, w), int)
+    for t in tile_offsets(h, S):
+        for l in tile_offsets(w, S):
+            cover[t : t + S, l : l + S] += 1
+            assert t + S <= h and l + S <= w
+    assert cover.min() >= 1
+    offs = tile_offsets(max(h, w), S)
+    assert all(b - a <= int(0.8 * S) for a, b in zip(offs, offs[1:]))
+
+
+def test_non_square_image_is_tiled_end_to_end(model):
+    x = torch.rand(1, 3, 96, 160, generator=torch.Generator().manual_seed(4))
+    assert model.tiles(model.transform.image(x[0])[None]) == [(0, 0), (0, 64)]
+    pred = model.predict(x)
+    assert pred.anomaly_maps.shape == (1, 96, 160) and np.isfinite(pred.anomaly_maps).all()

@@ -16,8 +16,10 @@ from .torch_model import (
     anomaly_probability,
     embed_tokens,
     encode_sequences,
+    encode_text_truncated,
     harmonic_aggregate,
     min_cosine_distance,
+    tile_offsets,
     window_embeddings,
     window_indices,
 )
@@ -32,8 +34,9 @@ from .torch_model import (
 class WinCLIP(Detector):
     """WinCLIP (k_shot = 0) and WinCLIP+ (k_shot > 0, references from `fit`), spec §3.11 defaults:
     open_clip ViT-B-16-plus-240 / laion400m_e31 at 240 px, window scales (2, 3) with stride 1, τ = 0.07, the paper's
-    22 templates, prompts L2-normalised before averaging. Images are squashed to 240×240 (tiling of non-square
-    images is not implemented yet)."""
+    22 templates, prompts L2-normalised before averaging. Images are resized so the shorter side is 240 (bicubic);
+    a non-square image is cut into square tiles (stride ≤ 0.8 of the side), each tile runs the full method, and
+    scores and overlapping maps are averaged (paper supp. A)."""
 
     zero_shot = True
 
@@ -73,7 +76,20 @@ class WinCLIP(Detector):
 
     @property
     def transform(self) -> ImageTransform:
-        return ImageTransform((self.image_size, self.image_size), None, CLIP_MEAN, CLIP_STD, "bicubic")
+        return ImageTransform(int(self.image_size), None, CLIP_MEAN, CLIP_STD, "bicubic")
+
+    def tiles(self, images: torch.Tensor) -> list[tuple[int, int]]:
+        """(top, left) of the square tiles covering (B, 3, H, W) images."""
+        H, W = images.shape[-2:]
+        S = min(H, W)
+        return [(t, l) for t in tile_offsets(H, S) for l in tile_offsets(W, S)]
+
+    def _square(self, images: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        S = min(images.shape[-2:])
+        tile = images[..., top : top + S, left : left + S]
+        if S != self.image_size:
+            tile = F.interpolate(tile, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        return tile
 
     def setup(self) -> "WinCLIP":
         self._model()
@@ -100,7 +116,7 @@ class WinCLIP(Detector):
             protos = []
             for prompts in build_prompts(self.class_name, self.templates, tuple(self.extra_states)):
                 with torch.inference_mode():
-                    e = model.encode_text(self._tokenizer(prompts).to(self.device_)).float()
+                    e = encode_text_truncated(model, self._tokenizer(prompts).to(self.device_)).float()
                 if self.normalize_prompts_before_mean:
                     e = F.normalize(e, dim=-1)
                 protos.append(F.normalize(e.mean(0), dim=0))
@@ -123,7 +139,8 @@ class WinCLIP(Detector):
         if dataset is None:
             raise ValueError(f"WinCLIP+ with k_shot={self.k_shot} needs normal reference images: fit(images)")
         refs = dataset.sample(self.k_shot, self.seed) if len(dataset) > self.k_shot else dataset
-        feats = [self.features(images) for images, _, _ in self._batches(refs, "winclip: references")]
+        feats = [self.features(self._square(images, t, l))
+                 for images, _, _ in self._batches(refs, "winclip: references") for t, l in self.tiles(images)]
         memory = {"patches": F.normalize(torch.cat([f["patches"] for f in feats]).flatten(0, 1), dim=-1)}
         for k in self.scales:
             memory[f"windows{k}"] = F.normalize(torch.cat([f["windows"][k] for f in feats]).flatten(0, 1), dim=-1)
@@ -131,6 +148,23 @@ class WinCLIP(Detector):
         self.reference_paths_ = list(refs.paths)
 
     def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        H, W = images.shape[-2:]
+        S = min(H, W)
+        score = torch.zeros(images.shape[0], dtype=torch.float64)
+        amap = torch.zeros(images.shape[0], H, W)
+        count = torch.zeros(H, W)
+        tiles = self.tiles(images)
+        for t, l in tiles:
+            s, m = self._score_square(self._square(images, t, l))
+            if m.shape[-1] != S:
+                m = F.interpolate(m[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+            score += s.double().cpu()
+            amap[:, t : t + S, l : l + S] += m.cpu()
+            count[t : t + S, l : l + S] += 1
+        return (score / len(tiles)).numpy(), (amap / count).numpy()
+
+    def _score_square(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B,) and maps (B, S, S) of square images at the model's size."""
         text, G = self.text_prototypes(), self.grid
         feats = self.features(images)
         s_img = anomaly_probability(feats["image"], text, self.temperature)
@@ -146,7 +180,7 @@ class WinCLIP(Detector):
             amap = (m0 + mw) / 2
             score = (s_img + mw.flatten(1).amax(1)) / 2  # eq. 6
         up = F.interpolate(amap[:, None], size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-        return score.double().cpu().numpy(), up.cpu().numpy()
+        return score, up
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         return dict(getattr(self, "memory_", None) or {})
