@@ -78,8 +78,11 @@ class Detector:
 
     @property
     def random_init(self) -> bool:
-        """True when the backbone runs without pretrained weights (scores then only show the pipeline works)."""
-        return getattr(self, "weights", "x") is None
+        """True when the backbone runs without pretrained weights (`weights=None` or `pretrained=None`)."""
+        for setting in ("weights", "pretrained"):
+            if hasattr(self, setting):
+                return getattr(self, setting) is None
+        return False
 
     @property
     def is_fitted(self) -> bool:

@@ -113,10 +113,6 @@ class MuSc(Detector):
         self.device = device
 
     @property
-    def random_init(self) -> bool:
-        return self.pretrained is None
-
-    @property
     def is_timm(self) -> bool:
         """DINO / DINOv2 (or any timm ViT) given as 'timm:<name>', e.g. 'timm:vit_base_patch14_dinov2.lvd142m'."""
         return self.backbone.startswith("timm:")

@@ -71,10 +71,6 @@ class WinCLIP(Detector):
         self.device = device
 
     @property
-    def random_init(self) -> bool:
-        return self.pretrained is None
-
-    @property
     def transform(self) -> ImageTransform:
         return ImageTransform(int(self.image_size), None, CLIP_MEAN, CLIP_STD, "bicubic")
 
