@@ -23,8 +23,8 @@ def test_prompt_counts_and_words():
     assert normal[0] == "a cropped photo of the metal nut." and anomalous[0] == "a cropped photo of the damaged metal nut."
     assert len(TEMPLATES_ANOMALIB21) == 21 and TEMPLATES_ANOMALIB21.count("a jpeg corrupted photo of the {}.") == 2
     assert len(set(TEMPLATES_PAPER22)) == 22
-    _, extra = build_prompts("pcb", extra_anomalous=("bad soldering",))
-    assert len(extra) == 5 * 22 and "a photo of the pcb with bad soldering." in extra
+    _, extra = build_prompts("pcb", extra_anomalous=("bad soldering", "burnt {}"))
+    assert len(extra) == 6 * 22 and "a photo of the pcb with bad soldering." in extra and "a photo of the burnt pcb." in extra
 
 
 def test_window_indices_row_major():

@@ -25,12 +25,16 @@ def object_word(class_name: str) -> str:
 
 
 def build_prompts(class_name: str, templates: str = "paper22", extra_anomalous: tuple = ()) -> tuple[list[str], list[str]]:
-    """(normal prompts, anomalous prompts): every template × state; extra anomalous state words are added as states."""
+    """(normal prompts, anomalous prompts): every template × state.
+
+    extra_anomalous: task-specific anomalous states (paper Table 7), either a phrase with a `{}` slot for the object
+    ("{} with bad soldering", "burnt {}") or plain words, which become "{} with <words>".
+    """
     if templates not in TEMPLATE_SETS:
         raise ValueError(f"templates must be one of {sorted(TEMPLATE_SETS)}, got {templates!r}")
     o = object_word(class_name)
     tpl = TEMPLATE_SETS[templates]
-    anomalous_states = ANOMALOUS_STATES + tuple(f"{{}} with {w}" for w in extra_anomalous)
+    anomalous_states = ANOMALOUS_STATES + tuple(w if "{}" in w else f"{{}} with {w}" for w in extra_anomalous)
     normal = [t.format(s.format(o)) for t in tpl for s in NORMAL_STATES]
     anomalous = [t.format(s.format(o)) for t in tpl for s in anomalous_states]
     return normal, anomalous
