@@ -48,7 +48,7 @@ def evaluate(model: Detector, dataset: DataLike, binned: bool = False) -> Report
     t0 = time.perf_counter()
     pred = model.predict(ds)
     seconds = time.perf_counter() - t0
-    masks = pred.masks if pred.masks is not None else None
+    masks = pred.masks
     values = metrics.compute(pred.image_scores, pred.gt_labels, pred.anomaly_maps if masks is not None else None, masks, binned=binned)
     category = getattr(ds, "category", "") or (ds.records[0].category if ds.records else "")
     return Report(model.name, category, values, len(pred), int((pred.gt_labels == 1).sum()), seconds, pred.info, pred)

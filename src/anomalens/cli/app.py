@@ -78,13 +78,13 @@ def write_overlays(pred: "anomalens.Prediction", transform, out_dir: Path, limit
     from anomalens.data import as_dataset
     from anomalens.viz import save_overlay
 
+    if pred.paths[0].startswith("<tensor"):  # in-memory images have no file to draw on
+        return []
     vmin, vmax = float(np.min(pred.anomaly_maps)), float(np.max(pred.anomaly_maps))
-    ds = as_dataset(pred.paths, transform) if not pred.paths[0].startswith("<tensor") else None
+    ds = as_dataset(pred.paths, transform)
     written = []
     n = len(pred) if limit <= 0 else min(limit, len(pred))
     for i in range(n):
-        if ds is None:
-            break
         img = transform.denormalize(ds[i].image).permute(1, 2, 0).numpy()
         mask = pred.masks[i] if pred.masks is not None else None
         name = "__".join(Path(pred.paths[i]).parts[-2:]).rsplit(".", 1)[0] + ".png"

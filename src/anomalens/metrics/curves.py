@@ -67,7 +67,10 @@ def auroc(g: RankGroups) -> float:
 
 
 def auroc_error_bound(g: RankGroups) -> float:
-    """Max |binned AUROC − exact AUROC|: half the fraction of (pos, neg) pairs sharing a group (0 in exact mode)."""
+    """Max |binned AUROC − exact AUROC|: half the fraction of (pos, neg) pairs sharing a histogram bin.
+
+    Meaningful for binned groups only: in exact groups a shared group is a true tie, already scored ½.
+    """
     P, N = g.pos.sum(), g.neg.sum()
     if P == 0 or N == 0:
         return float("nan")

@@ -219,21 +219,21 @@ class MuSc(Detector):
             raise ValueError("MuSc scores a set against itself: give at least 2 images, or fit() a reference pool first")
         if n < 10:
             warnings.warn(f"MuSc on only {n} images: mutual scoring is weak on small sets (K = {interval_k(n - 1, self.x_max)})")
-        total, count = None, 0
-        for z in self._pairs(tokens):
-            s = msm_scores(z, self.x_max, self.block)
-            total = s if total is None else total + s
-            count += 1
-        return (total / count).cpu()
+        return self._mean_over_pairs(tokens, lambda z: msm_scores(z, self.x_max, self.block))
 
     def reference_scores(self, tokens: dict[int, torch.Tensor], pool: dict[int, torch.Tensor]) -> torch.Tensor:
         """Stream / MuSc+ mode: (N, M) scores of new images against the pool only."""
         P = next(iter(pool.values())).shape[0]
         k = 1 if self.reference_reducer == "min" else interval_k(P, self.x_max)
         n_new = next(iter(tokens.values())).shape[0]
+        both = {l: torch.cat([tokens[l], pool[l]]) for l in tokens}  # one LNAMD pass (it is per image)
+        return self._mean_over_pairs(both, lambda z: reduce_interval(reference_distances(z[:n_new], z[n_new:], self.block), k))
+
+    def _mean_over_pairs(self, tokens: dict[int, torch.Tensor], score) -> torch.Tensor:
+        """Eq. 3: the mean over (layer, r) of `score(z)`, one z resident at a time; returned on CPU."""
         total, count = None, 0
-        for z_all in self._pairs({l: torch.cat([tokens[l], pool[l]]) for l in tokens}):  # one LNAMD pass, per image
-            s = reduce_interval(reference_distances(z_all[:n_new], z_all[n_new:], self.block), k)
+        for z in self._pairs(tokens):
+            s = score(z)
             total = s if total is None else total + s
             count += 1
         return (total / count).cpu()
