@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import anomalens
-from anomalens.models.musc import interval_k, lnamd, msm_scores, mutual_min_distances
+from anomalens.models.musc import LayerFeatures, interval_k, lnamd, msm_scores, mutual_min_distances, reference_distances
+from anomalens.models.musc.torch_model import box_sum
 from anomalens.models.musc.estimator import default_layers, stratified_subsets
 from anomalens.models.musc.torch_model import reduce_interval
 from anomalens.ops.rescoring import rscin
@@ -72,7 +73,7 @@ def test_pattern_shared_by_30_percent_scores_zero():
 
 def test_reducer_equivalences():
     z = _unit(7, 5, 4)
-    A = mutual_min_distances(z)
+    (A,) = mutual_min_distances(LayerFeatures.from_vectors(z))
     off = A.clone()
     off[torch.arange(7), torch.arange(7)] = float("nan")
     assert torch.allclose(reduce_interval(A, 1), torch.from_numpy(np.nanmin(off.numpy(), 1)), atol=1e-6)  # K = 1: min
@@ -255,3 +256,34 @@ def test_stream_pool_lives_on_disk_as_float16(images):
 
     if os.path.exists("/proc/self/maps"):
         assert mapping_of(pool.data_ptr()).endswith(".npy")  # file-backed, not a copy in RAM
+
+
+def _cdist_min(zq: torch.Tensor, zr: torch.Tensor) -> torch.Tensor:
+    """(Nq, Nr, M): per query patch, the distance to the nearest patch of each reference image (float64 cdist)."""
+    return torch.stack([torch.stack([torch.cdist(q.double(), r.double()).min(1).values for r in zr]) for q in zq]).float()
+
+
+@pytest.mark.parametrize("grid,r_list", [((4, 5), (1, 3, 5)), ((3, 2), (5, 1, 7)), ((6, 6), (3,))])
+def test_shared_gram_lnamd_equals_per_r_vectors(grid, r_list):
+    """One Gram block box-summed per r = forming z^{m,r} with lnamd and measuring it directly, for every r at once,
+    on non-square grids and with windows larger than the grid; batch (mutual) and reference (stream) routes."""
+    g = torch.Generator().manual_seed(4)
+    M = grid[0] * grid[1]
+    tokens = torch.randn(7, M, 16, generator=g) + 2.0 * torch.randn(1, M, 16, generator=g)
+    f = LayerFeatures.from_tokens(tokens, grid, r_list)
+    mutual = mutual_min_distances(f, block=3)
+    reference = reference_distances(f.take(slice(0, 3)), f.take(slice(3, None)), block=2)
+    for k, r in enumerate(r_list):
+        z = lnamd(tokens, grid, r)
+        ref = _cdist_min(z, z)
+        ref[torch.arange(7), torch.arange(7)] = float("inf")
+        assert torch.allclose(mutual[k], ref, atol=2e-5), r
+        assert torch.allclose(reference[k], _cdist_min(z[:3], z[3:]), atol=2e-5), r
+
+
+def test_box_sum_is_zero_padded_window_sum():
+    x = torch.randn(2, 5, 4, 3, generator=torch.Generator().manual_seed(0))
+    for r in (1, 3, 5, 9):
+        ref = F.avg_pool2d(x.permute(0, 3, 1, 2), r, 1, (r - 1) // 2, count_include_pad=True).permute(0, 2, 3, 1) * r * r \
+            if r <= 5 else x.sum(dim=(1, 2), keepdim=True).expand_as(x)  # r ≥ 2·size − 1: every window holds the grid
+        assert torch.allclose(box_sum(x, (1, 2), r), ref, atol=1e-5), r

@@ -1,5 +1,7 @@
 """MuSc (Li et al., ICLR 2024): zero-shot mutual scoring of unlabeled images, LNAMD, MSM, RsCIN."""
 from .estimator import MuSc
-from .torch_model import interval_k, lnamd, mutual_min_distances, msm_scores
+from .torch_model import LayerFeatures, interval_k, lnamd, msm_scores, mutual_min_distances, reference_distances
 
-__all__ = ["MuSc", "interval_k", "lnamd", "mutual_min_distances", "msm_scores"]
+__all__ = [
+    "MuSc", "LayerFeatures", "interval_k", "lnamd", "msm_scores", "mutual_min_distances", "reference_distances",
+]

@@ -14,7 +14,7 @@ from ...data import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, DataLike, 
 from ...detector import Detector, Prediction
 from ...ops.rescoring import rscin
 from ...registry import register_model
-from .torch_model import interval_k, lnamd, msm_scores, mutual_min_distances, reduce_interval, reference_distances
+from .torch_model import LayerFeatures, interval_k, mutual_min_distances, reduce_interval, reference_distances
 
 
 def create_timm_vit(name: str, pretrained: Optional[str], image_size: int, seed: int = 0):
@@ -204,12 +204,11 @@ class MuSc(Detector):
         side = int(round(n_tokens**0.5))
         return side, side
 
-    def _pairs(self, tokens: dict[int, torch.Tensor]):
-        """Yield z for each (layer, r): one such tensor resident at a time."""
-        for r in self.r_list:
-            for l in self._layer_ids:
-                t = tokens[l].to(self.device_)  # scoring runs on the model's device, one (layer, r) at a time
-                yield lnamd(t, self._grid(t.shape[1]), r)
+    def _layers(self, tokens: dict[int, torch.Tensor]):
+        """Yield each layer's LayerFeatures (layer-normalised tokens + 1/‖z‖ per r): one layer resident at a time."""
+        for l in self._layer_ids:
+            t = tokens[l].to(self.device_)  # scoring runs on the model's device
+            yield LayerFeatures.from_tokens(t, self._grid(t.shape[1]), self.r_list)
 
     # ------------------------------------------------------------------ scoring
     def patch_scores(self, tokens: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -219,23 +218,27 @@ class MuSc(Detector):
             raise ValueError("MuSc scores a set against itself: give at least 2 images, or fit() a reference pool first")
         if n < 10:
             warnings.warn(f"MuSc on only {n} images: mutual scoring is weak on small sets (K = {interval_k(n - 1, self.x_max)})")
-        return self._mean_over_pairs(tokens, lambda z: msm_scores(z, self.x_max, self.block))
+        k = interval_k(n - 1, self.x_max)
+        return self._mean_over_pairs(tokens, lambda f: [reduce_interval(A, k) for A in mutual_min_distances(f, self.block)])
 
     def reference_scores(self, tokens: dict[int, torch.Tensor], pool: dict[int, torch.Tensor]) -> torch.Tensor:
         """Stream / MuSc+ mode: (N, M) scores of new images against the pool only."""
         P = next(iter(pool.values())).shape[0]
         k = 1 if self.reference_reducer == "min" else interval_k(P, self.x_max)
         n_new = next(iter(tokens.values())).shape[0]
-        both = {l: torch.cat([tokens[l], pool[l]]) for l in tokens}  # one LNAMD pass (it is per image)
-        return self._mean_over_pairs(both, lambda z: reduce_interval(reference_distances(z[:n_new], z[n_new:], self.block), k))
+        both = {l: torch.cat([tokens[l], pool[l]]) for l in tokens}  # one pass (LayerNorm and LNAMD are per image)
+        new, old = slice(0, n_new), slice(n_new, None)
+        return self._mean_over_pairs(
+            both, lambda f: [reduce_interval(A, k) for A in reference_distances(f.take(new), f.take(old), self.block)]
+        )
 
     def _mean_over_pairs(self, tokens: dict[int, torch.Tensor], score) -> torch.Tensor:
-        """Eq. 3: the mean over (layer, r) of `score(z)`, one z resident at a time; returned on CPU."""
+        """Eq. 3: the mean over (layer, r) of the per-r scores `score(layer_features)`; returned on CPU."""
         total, count = None, 0
-        for z in self._pairs(tokens):
-            s = score(z)
-            total = s if total is None else total + s
-            count += 1
+        for f in self._layers(tokens):
+            for s in score(f):
+                total = s if total is None else total + s
+                count += 1
         return (total / count).cpu()
 
     def _maps(self, scores: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,67 @@
-"""MuSc's torch core (paper §3.2, spec §3): LNAMD (Eq. 1 input), patch-to-image distances (Eq. 1), interval mean (Eq. 2)."""
+"""MuSc's torch core (paper §3.2, spec §3): LNAMD (Eq. 1 input), patch-to-image distances (Eq. 1), interval mean (Eq. 2).
+
+All aggregation degrees r of one layer share one Gram matrix per image pair. LNAMD's r×r zero-padded mean is a
+linear map P_r on each image's patch grid, so the dot products of aggregated patches are P_r (X_i X_jᵀ) P_rᵀ:
+box sums of the layer-normalised Gram block along the query grid and the key grid, divided by the aggregated
+patches' norms. One GEMM per pair and layer then serves every r (three in the paper's setting), where computing
+z^{m,r} first costs one GEMM per pair, layer *and* r. The result is the same numbers up to float32 rounding.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 X_MAX = 0.3
+
+
+def layer_norm_map(tokens: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """(N, M, C) raw tokens -> float32, one LayerNorm per image over the whole (M, C) map (no affine).
+
+    Images are normalised `chunk` at a time into one output tensor: no full-size float copy of the input is made.
+    """
+    N = tokens.shape[0]
+    out = torch.empty(tokens.shape, dtype=torch.float32, device=tokens.device)
+    for s in range(0, N, chunk):
+        t = tokens[s : s + chunk].float()
+        out[s : s + chunk] = F.layer_norm(t.reshape(len(t), -1), (t[0].numel(),), eps=1e-5).view(t.shape)
+    return out
+
+
+def _check_r(r: int) -> None:
+    if r < 1 or r % 2 == 0:
+        raise ValueError(f"aggregation degree r must be a positive odd number, got {r}")
+
+
+def box_sum(x: torch.Tensor, dims: tuple[int, int], r: int) -> torch.Tensor:
+    """Zero-padded r×r window sums over the two grid axes `dims` of x (a new tensor; r = 1 returns x itself).
+
+    Separable: along each axis, x shifted by ±1..±(r−1)/2 is added in place, so the cost is r−1 passes per
+    axis whatever the other axes hold. The mean's 1/r² is left out: every use divides by a norm that cancels it.
+    """
+    _check_r(r)
+    p = (r - 1) // 2
+    if p == 0:
+        return x
+    for dim in dims:
+        n = x.shape[dim]
+        y = x.clone()
+        for d in range(1, min(p, n - 1) + 1):
+            y.narrow(dim, d, n - d).add_(x.narrow(dim, 0, n - d))
+            y.narrow(dim, 0, n - d).add_(x.narrow(dim, d, n - d))
+        x = y
+    return x
+
+
+def _grid_view(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    N, M, C = x.shape
+    h, w = grid
+    if h * w != M:
+        raise ValueError(f"{M} tokens do not form a {h}x{w} grid")
+    return x.view(N, h, w, C)
 
 
 def lnamd(tokens: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
@@ -16,19 +71,100 @@ def lnamd(tokens: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
     then L2 normalisation of every patch vector. (Whether padding is counted cannot change z: the count is a
     per-position scale that the L2 normalisation removes. The zeros themselves, after the mean is subtracted, do.)
     """
-    N, M, C = tokens.shape
-    h, w = grid
-    if h * w != M:
-        raise ValueError(f"{M} tokens do not form a {h}x{w} grid")
-    x = tokens.float().reshape(N, h, w, C).permute(0, 3, 1, 2)
-    mu = x.mean(dim=(1, 2, 3), keepdim=True)
-    var = x.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-    x = (x - mu) / torch.sqrt(var + 1e-5)
-    if r > 1:
-        if r % 2 == 0:
-            raise ValueError(f"aggregation degree r must be odd, got {r}")
-        x = F.avg_pool2d(x, r, stride=1, padding=(r - 1) // 2, count_include_pad=True)
-    return F.normalize(x.permute(0, 2, 3, 1).reshape(N, M, C), dim=-1)
+    x = _grid_view(layer_norm_map(tokens), grid)
+    return F.normalize(box_sum(x, (1, 2), r).reshape(tokens.shape), dim=-1)
+
+
+def inverse_norms(x: torch.Tensor, grid: tuple[int, int], r: int, chunk: int = 8) -> torch.Tensor:
+    """(N, M): 1 / ‖box_r(x)^m‖ for layer-normalised x (N, M, C); the normalisation of z^{m,r} without forming z
+    (the box sums are taken `chunk` images at a time)."""
+    norms = [torch.linalg.vector_norm(box_sum(_grid_view(c, grid), (1, 2), r), dim=-1) for c in x.split(chunk)]
+    return torch.cat(norms).clamp_min(1e-12).reciprocal().reshape(x.shape[:2])
+
+
+@dataclass
+class LayerFeatures:
+    """What every aggregation degree r of one layer needs: layer-normalised tokens x (N, M, C) on a grid (h, w),
+    and 1/‖z^{m,r}‖ (N, M) per r — z itself is never formed."""
+
+    x: torch.Tensor
+    grid: tuple[int, int]
+    r_list: tuple[int, ...]
+    inv: list[torch.Tensor]
+
+    @classmethod
+    def from_tokens(cls, tokens: torch.Tensor, grid: tuple[int, int], r_list: Sequence[int] = (1, 3, 5)) -> "LayerFeatures":
+        """Raw block tokens (N, M, C) -> LayerNorm per image, inverse LNAMD norms per r."""
+        for r in r_list:
+            _check_r(r)
+        x = layer_norm_map(tokens)
+        return cls(x, tuple(grid), tuple(r_list), [inverse_norms(x, grid, r) for r in r_list])
+
+    @classmethod
+    def from_vectors(cls, z: torch.Tensor) -> "LayerFeatures":
+        """Patch vectors (N, M, C) used as they are (r = 1, cosine geometry; no LayerNorm)."""
+        x = z.float()
+        return cls(x, (x.shape[1], 1), (1,), [torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12).reciprocal()])
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def take(self, images: slice) -> "LayerFeatures":
+        """The same features for a slice of the images (LayerNorm and LNAMD are per image: nothing is recomputed)."""
+        return replace(self, x=self.x[images], inv=[v[images] for v in self.inv])
+
+
+def _to_dist(d: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(torch.clamp(2.0 - 2.0 * d, min=0.0))  # unit vectors: ‖x−y‖² = 2 − 2x·y
+
+
+def _pair_block(f: LayerFeatures, i: slice, g: LayerFeatures, j: slice, both: bool = True):
+    """For image blocks i of f and j of g, per r: (a, b, M) min distance of each patch of i to each image of j
+    and, if `both`, (b, a, M) of each patch of j to each image of i — all from one GEMM."""
+    xi, xj = f.x[i], g.x[j]
+    a, M, C = xi.shape
+    b, Mj = xj.shape[0], xj.shape[1]
+    (h, w), (hj, wj) = f.grid, g.grid
+    G = (xi.reshape(a * M, C) @ xj.reshape(b * Mj, C).T).view(a, h, w, b, hj, wj)
+    out: list = [None] * len(f.r_list)
+    order = sorted(range(len(f.r_list)), key=lambda k: f.r_list[k] == 1)  # r = 1 last: it scales G in place
+    for n, k in enumerate(order):
+        r = f.r_list[k]
+        S = box_sum(box_sum(G, (4, 5), r), (1, 2), r) if r > 1 else (G if n == len(order) - 1 else G.clone())
+        S = S.view(a, M, b, Mj).mul_(f.inv[k][i].view(a, M, 1, 1)).mul_(g.inv[k][j].view(1, 1, b, Mj))
+        row = _to_dist(S.amax(dim=3)).permute(0, 2, 1)  # best match of each patch of i in image j
+        col = _to_dist(S.amax(dim=1)).permute(1, 0, 2) if both else None  # of each patch of j in image i
+        out[k] = (row, col)
+    return out
+
+
+def mutual_min_distances(f: LayerFeatures, block: int = 4) -> list[torch.Tensor]:
+    """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − z_j^{n,r}‖ for i ≠ j (diagonal = +inf); each unordered pair once."""
+    N, M = f.x.shape[:2]
+    A = [torch.full((N, N, M), float("inf"), dtype=torch.float32, device=f.x.device) for _ in f.r_list]
+    for s in range(0, N, block):
+        e = min(N, s + block)
+        for i in range(s, e - 1):  # inside the diagonal block: only pairs i < j
+            for Ar, (d_ij, d_ji) in zip(A, _pair_block(f, slice(i, i + 1), f, slice(i + 1, e))):
+                Ar[i, i + 1 : e] = d_ij[0]
+                Ar[i + 1 : e, i] = d_ji[:, 0]
+        for t in range(e, N, block):
+            u = min(N, t + block)
+            for Ar, (d_ij, d_ji) in zip(A, _pair_block(f, slice(s, e), f, slice(t, u))):
+                Ar[s:e, t:u] = d_ij
+                Ar[t:u, s:e] = d_ji
+    return A
+
+
+def reference_distances(f: LayerFeatures, ref: LayerFeatures, block: int = 4) -> list[torch.Tensor]:
+    """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − ref_j^{n,r}‖ for query images against a reference pool (no exclusion)."""
+    N, M = f.x.shape[:2]
+    A = [torch.empty(N, len(ref), M, dtype=torch.float32, device=f.x.device) for _ in f.r_list]
+    for s in range(0, N, block):
+        for t in range(0, len(ref), block):
+            for Ar, (d, _) in zip(A, _pair_block(f, slice(s, s + block), ref, slice(t, t + block), both=False)):
+                Ar[s : s + block, t : t + block] = d
+    return A
 
 
 def interval_k(n_others: int, x_max: float = X_MAX) -> int:
@@ -38,51 +174,13 @@ def interval_k(n_others: int, x_max: float = X_MAX) -> int:
     return max(1, int(math.floor(x_max * n_others + 1e-9)))
 
 
-def _pair_block(zi: torch.Tensor, zj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For image blocks zi (a, M, C), zj (b, M, C): min distance of each patch of i to image j and vice versa."""
-    a, M, C = zi.shape
-    b = zj.shape[0]
-    dots = (zi.reshape(a * M, C) @ zj.reshape(b * M, C).T).view(a, M, b, M)
-    row = dots.amax(dim=3)  # (a, M, b): best match of each patch of i in image j
-    col = dots.amax(dim=1)  # (a, b, M): best match of each patch of j in image i
-    to_dist = lambda d: torch.sqrt(torch.clamp(2.0 - 2.0 * d, min=0.0))  # unit vectors: ‖x−y‖² = 2 − 2x·y
-    return to_dist(row).permute(0, 2, 1), to_dist(col).permute(1, 0, 2)  # (a, b, M), (b, a, M)
-
-
-def mutual_min_distances(z: torch.Tensor, block: int = 4) -> torch.Tensor:
-    """A[i, j, m] = min_n ‖z_i^m − z_j^n‖ for i ≠ j (diagonal = +inf); each unordered pair computed once."""
-    N = z.shape[0]
-    A = torch.full((N, N, z.shape[1]), float("inf"), dtype=torch.float32, device=z.device)
-    for s in range(0, N, block):
-        zi = z[s : s + block]
-        for i in range(s, s + len(zi) - 1):  # inside the diagonal block: only pairs i < j, one GEMM each
-            d_ij, d_ji = _pair_block(z[i : i + 1], z[i + 1 : s + len(zi)])
-            A[i, i + 1 : s + len(zi)] = d_ij[0]
-            A[i + 1 : s + len(zi), i] = d_ji[:, 0]
-        for t in range(s + block, N, block):
-            zj = z[t : t + block]
-            d_ij, d_ji = _pair_block(zi, zj)
-            A[s : s + len(zi), t : t + len(zj)] = d_ij
-            A[t : t + len(zj), s : s + len(zi)] = d_ji
-    return A
-
-
 def reduce_interval(A: torch.Tensor, k: int) -> torch.Tensor:
     """Eq. 2: mean of the k smallest values along dim 1 (partial sort), A (N, J, M) -> (N, M)."""
     return torch.topk(A, k, dim=1, largest=False, sorted=False).values.mean(1)
 
 
 def msm_scores(z: torch.Tensor, x_max: float = X_MAX, block: int = 4) -> torch.Tensor:
-    """Mutual scoring of one (layer, r) pair over a set: (N, M) patch scores ā."""
+    """Mutual scoring of one set of patch vectors (N, M, C) as given (r = 1, cosine geometry): (N, M) scores ā."""
     N = z.shape[0]
-    return reduce_interval(mutual_min_distances(z, block), interval_k(N - 1, x_max))
-
-
-def reference_distances(z: torch.Tensor, ref: torch.Tensor, block: int = 4) -> torch.Tensor:
-    """A[i, j, m] = min_n ‖z_i^m − ref_j^n‖ for query images z against a reference pool (no exclusion)."""
-    out = torch.empty(z.shape[0], ref.shape[0], z.shape[1], dtype=torch.float32, device=z.device)
-    for s in range(0, z.shape[0], block):
-        for t in range(0, ref.shape[0], block):
-            d, _ = _pair_block(z[s : s + block], ref[t : t + block])
-            out[s : s + block, t : t + block] = d
-    return out
+    f = LayerFeatures.from_vectors(z)
+    return reduce_interval(mutual_min_distances(f, block)[0], interval_k(N - 1, x_max))
