@@ -287,3 +287,12 @@ def test_box_sum_is_zero_padded_window_sum():
         ref = F.avg_pool2d(x.permute(0, 3, 1, 2), r, 1, (r - 1) // 2, count_include_pad=True).permute(0, 2, 3, 1) * r * r \
             if r <= 5 else x.sum(dim=(1, 2), keepdim=True).expand_as(x)  # r ≥ 2·size − 1: every window holds the grid
         assert torch.allclose(box_sum(x, (1, 2), r), ref, atol=1e-5), r
+
+
+def test_auto_block_is_the_largest_that_fits():
+    from anomalens.models.musc.torch_model import auto_block
+
+    cap = 64 * 2**20
+    for m in (16, 225, 529, 1369, 5476):
+        b = auto_block(m)
+        assert 1 <= b <= 4 and (b == 1 or 4 * (b * m) ** 2 <= cap) and (b == 4 or 4 * ((b + 1) * m) ** 2 > cap)

@@ -90,7 +90,7 @@ class MuSc(Detector):
         n_subsets: int = 1,
         reference_reducer: str = "interval",
         max_pool: Optional[int] = None,
-        block: int = 4,
+        block: Optional[int] = None,
         batch_size: int = 4,
         cache_dir: Optional[str] = None,
         seed: int = 0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,19 +36,23 @@ def _check_r(r: int) -> None:
         raise ValueError(f"aggregation degree r must be a positive odd number, got {r}")
 
 
-def box_sum(x: torch.Tensor, dims: tuple[int, int], r: int) -> torch.Tensor:
-    """Zero-padded r×r window sums over the two grid axes `dims` of x (a new tensor; r = 1 returns x itself).
+def box_sum(x: torch.Tensor, dims: Sequence[int], r: int, work: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """Zero-padded r-wide window sums along each axis in `dims` of x (r×r windows for two grid axes); r = 1
+    returns x itself, otherwise x is left unchanged.
 
-    Separable: along each axis, x shifted by ±1..±(r−1)/2 is added in place, so the cost is r−1 passes per
-    axis whatever the other axes hold. The mean's 1/r² is left out: every use divides by a norm that cancels it.
+    Separable: along each axis a copy of x gets x shifted by ±1..±(r−1)/2 added in place (r − 1 passes per axis).
+    `work`: two flat float buffers of at least x.numel() to ping-pong between (reused across calls: large fresh
+    allocations cost page faults); the result then lives in one of them. The mean's 1/r² is left out: every use
+    divides by a norm that cancels it.
     """
     _check_r(r)
     p = (r - 1) // 2
     if p == 0:
         return x
-    for dim in dims:
+    for k, dim in enumerate(dims):
         n = x.shape[dim]
-        y = x.clone()
+        y = torch.empty_like(x) if work is None else work[k % 2][: x.numel()].view(x.shape)
+        y.copy_(x)
         for d in range(1, min(p, n - 1) + 1):
             y.narrow(dim, d, n - d).add_(x.narrow(dim, 0, n - d))
             y.narrow(dim, 0, n - d).add_(x.narrow(dim, d, n - d))
@@ -118,19 +122,24 @@ def _to_dist(d: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.clamp(2.0 - 2.0 * d, min=0.0))  # unit vectors: ‖x−y‖² = 2 − 2x·y
 
 
-def _pair_block(f: LayerFeatures, i: slice, g: LayerFeatures, j: slice, both: bool = True):
+def _pair_block(f: LayerFeatures, i: slice, g: LayerFeatures, j: slice, both: bool = True, work=None):
     """For image blocks i of f and j of g, per r: (a, b, M) min distance of each patch of i to each image of j
-    and, if `both`, (b, a, M) of each patch of j to each image of i — all from one GEMM."""
+    and, if `both`, (b, a, M) of each patch of j to each image of i — all from one GEMM.
+
+    `work`: three flat float buffers of at least (a·M)·(b·M) (the Gram block and two for the box sums)."""
     xi, xj = f.x[i], g.x[j]
     a, M, C = xi.shape
     b, Mj = xj.shape[0], xj.shape[1]
     (h, w), (hj, wj) = f.grid, g.grid
-    G = (xi.reshape(a * M, C) @ xj.reshape(b * Mj, C).T).view(a, h, w, b, hj, wj)
+    if work is None:
+        work = [torch.empty(a * M * b * Mj, dtype=f.x.dtype, device=f.x.device) for _ in range(3)]
+    G = torch.mm(xi.reshape(a * M, C), xj.reshape(b * Mj, C).T, out=work[0][: a * M * b * Mj].view(a * M, b * Mj))
+    G = G.view(a, h, w, b, hj, wj)
     out: list = [None] * len(f.r_list)
     order = sorted(range(len(f.r_list)), key=lambda k: f.r_list[k] == 1)  # r = 1 last: it scales G in place
     for n, k in enumerate(order):
         r = f.r_list[k]
-        S = box_sum(box_sum(G, (4, 5), r), (1, 2), r) if r > 1 else (G if n == len(order) - 1 else G.clone())
+        S = box_sum(G, (5, 4, 2, 1), r, work[1:]) if r > 1 else (G if n == len(order) - 1 else G.clone())
         S = S.view(a, M, b, Mj).mul_(f.inv[k][i].view(a, M, 1, 1)).mul_(g.inv[k][j].view(1, 1, b, Mj))
         row = _to_dist(S.amax(dim=3)).permute(0, 2, 1)  # best match of each patch of i in image j
         col = _to_dist(S.amax(dim=1)).permute(1, 0, 2) if both else None  # of each patch of j in image i
@@ -138,31 +147,52 @@ def _pair_block(f: LayerFeatures, i: slice, g: LayerFeatures, j: slice, both: bo
     return out
 
 
-def mutual_min_distances(f: LayerFeatures, block: int = 4) -> list[torch.Tensor]:
-    """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − z_j^{n,r}‖ for i ≠ j (diagonal = +inf); each unordered pair once."""
+def _workspace(f: LayerFeatures, block: int, n_ref: Optional[int] = None) -> list[torch.Tensor]:
+    M = f.x.shape[1]
+    size = block * M * block * (n_ref or M)
+    return [torch.empty(size, dtype=f.x.dtype, device=f.x.device) for _ in range(3)]
+
+
+def auto_block(n_patches: int, max_bytes: int = 64 * 2**20, most: int = 4) -> int:
+    """Images per side of a pair block: the largest b ≤ `most` whose float32 Gram block (b·M)² fits `max_bytes`
+    (4 at 225 patches; 2 at 1,369 patches, ViT-L-14 @ 518), so the box-sum copies of one block stay bounded."""
+    b = most
+    while b > 1 and 4 * (b * n_patches) ** 2 > max_bytes:
+        b -= 1
+    return b
+
+
+def mutual_min_distances(f: LayerFeatures, block: Optional[int] = None) -> list[torch.Tensor]:
+    """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − z_j^{n,r}‖ for i ≠ j (diagonal = +inf); each unordered pair once.
+
+    Pairs are taken `block` × `block` images at a time (None: `auto_block`), one GEMM per block for all r."""
     N, M = f.x.shape[:2]
+    block = block or auto_block(M)
+    work = _workspace(f, block)
     A = [torch.full((N, N, M), float("inf"), dtype=torch.float32, device=f.x.device) for _ in f.r_list]
     for s in range(0, N, block):
         e = min(N, s + block)
         for i in range(s, e - 1):  # inside the diagonal block: only pairs i < j
-            for Ar, (d_ij, d_ji) in zip(A, _pair_block(f, slice(i, i + 1), f, slice(i + 1, e))):
+            for Ar, (d_ij, d_ji) in zip(A, _pair_block(f, slice(i, i + 1), f, slice(i + 1, e), work=work)):
                 Ar[i, i + 1 : e] = d_ij[0]
                 Ar[i + 1 : e, i] = d_ji[:, 0]
         for t in range(e, N, block):
             u = min(N, t + block)
-            for Ar, (d_ij, d_ji) in zip(A, _pair_block(f, slice(s, e), f, slice(t, u))):
+            for Ar, (d_ij, d_ji) in zip(A, _pair_block(f, slice(s, e), f, slice(t, u), work=work)):
                 Ar[s:e, t:u] = d_ij
                 Ar[t:u, s:e] = d_ji
     return A
 
 
-def reference_distances(f: LayerFeatures, ref: LayerFeatures, block: int = 4) -> list[torch.Tensor]:
+def reference_distances(f: LayerFeatures, ref: LayerFeatures, block: Optional[int] = None) -> list[torch.Tensor]:
     """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − ref_j^{n,r}‖ for query images against a reference pool (no exclusion)."""
     N, M = f.x.shape[:2]
+    block = block or auto_block(M)
+    work = _workspace(f, block, ref.x.shape[1])
     A = [torch.empty(N, len(ref), M, dtype=torch.float32, device=f.x.device) for _ in f.r_list]
     for s in range(0, N, block):
         for t in range(0, len(ref), block):
-            for Ar, (d, _) in zip(A, _pair_block(f, slice(s, s + block), ref, slice(t, t + block), both=False)):
+            for Ar, (d, _) in zip(A, _pair_block(f, slice(s, s + block), ref, slice(t, t + block), both=False, work=work)):
                 Ar[s : s + block, t : t + block] = d
     return A
 
@@ -179,7 +209,7 @@ def reduce_interval(A: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(A, k, dim=1, largest=False, sorted=False).values.mean(1)
 
 
-def msm_scores(z: torch.Tensor, x_max: float = X_MAX, block: int = 4) -> torch.Tensor:
+def msm_scores(z: torch.Tensor, x_max: float = X_MAX, block: Optional[int] = None) -> torch.Tensor:
     """Mutual scoring of one set of patch vectors (N, M, C) as given (r = 1, cosine geometry): (N, M) scores ā."""
     N = z.shape[0]
     f = LayerFeatures.from_vectors(z)
