@@ -131,8 +131,7 @@ def _pair_block(f: LayerFeatures, i: slice, g: LayerFeatures, j: slice, both: bo
     a, M, C = xi.shape
     b, Mj = xj.shape[0], xj.shape[1]
     (h, w), (hj, wj) = f.grid, g.grid
-    if work is None:
-        work = [torch.empty(a * M * b * Mj, dtype=f.x.dtype, device=f.x.device) for _ in range(3)]
+    work = work or _workspace(f.x, a * M * b * Mj)
     G = torch.mm(xi.reshape(a * M, C), xj.reshape(b * Mj, C).T, out=work[0][: a * M * b * Mj].view(a * M, b * Mj))
     G = G.view(a, h, w, b, hj, wj)
     out: list = [None] * len(f.r_list)
@@ -147,10 +146,9 @@ def _pair_block(f: LayerFeatures, i: slice, g: LayerFeatures, j: slice, both: bo
     return out
 
 
-def _workspace(f: LayerFeatures, block: int, n_ref: Optional[int] = None) -> list[torch.Tensor]:
-    M = f.x.shape[1]
-    size = block * M * block * (n_ref or M)
-    return [torch.empty(size, dtype=f.x.dtype, device=f.x.device) for _ in range(3)]
+def _workspace(like: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The three flat buffers `_pair_block` fills (Gram block, two box-sum buffers), allocated once per scoring."""
+    return [torch.empty(size, dtype=like.dtype, device=like.device) for _ in range(3)]
 
 
 def auto_block(n_patches: int, max_bytes: int = 64 * 2**20, most: int = 4) -> int:
@@ -165,10 +163,11 @@ def auto_block(n_patches: int, max_bytes: int = 64 * 2**20, most: int = 4) -> in
 def mutual_min_distances(f: LayerFeatures, block: Optional[int] = None) -> list[torch.Tensor]:
     """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − z_j^{n,r}‖ for i ≠ j (diagonal = +inf); each unordered pair once.
 
-    Pairs are taken `block` × `block` images at a time (None: `auto_block`), one GEMM per block for all r."""
+    Pairs are taken `block` × `block` images at a time (None: `auto_block`), one GEMM per block for all r.
+    Memory: the |R| tables (N·N·M float32 each) and three block buffers besides the layer's features."""
     N, M = f.x.shape[:2]
     block = block or auto_block(M)
-    work = _workspace(f, block)
+    work = _workspace(f.x, (block * M) ** 2)
     A = [torch.full((N, N, M), float("inf"), dtype=torch.float32, device=f.x.device) for _ in f.r_list]
     for s in range(0, N, block):
         e = min(N, s + block)
@@ -188,7 +187,7 @@ def reference_distances(f: LayerFeatures, ref: LayerFeatures, block: Optional[in
     """Per r: A[i, j, m] = min_n ‖z_i^{m,r} − ref_j^{n,r}‖ for query images against a reference pool (no exclusion)."""
     N, M = f.x.shape[:2]
     block = block or auto_block(M)
-    work = _workspace(f, block, ref.x.shape[1])
+    work = _workspace(f.x, block * M * block * ref.x.shape[1])
     A = [torch.empty(N, len(ref), M, dtype=torch.float32, device=f.x.device) for _ in f.r_list]
     for s in range(0, N, block):
         for t in range(0, len(ref), block):
