@@ -14,7 +14,7 @@ from ...data import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, DataLike, 
 from ...detector import Detector, Prediction
 from ...ops.rescoring import rscin
 from ...registry import register_model
-from .torch_model import LayerFeatures, interval_k, mutual_min_distances, reduce_interval, reference_distances
+from .torch_model import LayerFeatures, interval_k, layer_msm_scores, reduce_interval, reference_distances
 
 
 def create_timm_vit(name: str, pretrained: Optional[str], image_size: int, seed: int = 0):
@@ -218,8 +218,7 @@ class MuSc(Detector):
             raise ValueError("MuSc scores a set against itself: give at least 2 images, or fit() a reference pool first")
         if n < 10:
             warnings.warn(f"MuSc on only {n} images: mutual scoring is weak on small sets (K = {interval_k(n - 1, self.x_max)})")
-        k = interval_k(n - 1, self.x_max)
-        return self._mean_over_pairs(tokens, lambda f: [reduce_interval(A, k) for A in mutual_min_distances(f, self.block)])
+        return self._mean_over_pairs(tokens, lambda f: layer_msm_scores(f, self.x_max, self.block))
 
     def reference_scores(self, tokens: dict[int, torch.Tensor], pool: dict[int, torch.Tensor]) -> torch.Tensor:
         """Stream / MuSc+ mode: (N, M) scores of new images against the pool only."""

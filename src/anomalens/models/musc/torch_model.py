@@ -107,8 +107,8 @@ class LayerFeatures:
     @classmethod
     def from_vectors(cls, z: torch.Tensor) -> "LayerFeatures":
         """Patch vectors (N, M, C) used as they are (r = 1, cosine geometry; no LayerNorm)."""
-        x = z.float()
-        return cls(x, (x.shape[1], 1), (1,), [torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12).reciprocal()])
+        x, grid = z.float(), (z.shape[1], 1)
+        return cls(x, grid, (1,), [inverse_norms(x, grid, 1)])
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -208,8 +208,12 @@ def reduce_interval(A: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(A, k, dim=1, largest=False, sorted=False).values.mean(1)
 
 
+def layer_msm_scores(f: LayerFeatures, x_max: float = X_MAX, block: Optional[int] = None) -> list[torch.Tensor]:
+    """Mutual scoring of one layer over its set, per r: (N, M) interval-mean scores ā (Eq. 1-2)."""
+    k = interval_k(len(f) - 1, x_max)
+    return [reduce_interval(A, k) for A in mutual_min_distances(f, block)]
+
+
 def msm_scores(z: torch.Tensor, x_max: float = X_MAX, block: Optional[int] = None) -> torch.Tensor:
     """Mutual scoring of one set of patch vectors (N, M, C) as given (r = 1, cosine geometry): (N, M) scores ā."""
-    N = z.shape[0]
-    f = LayerFeatures.from_vectors(z)
-    return reduce_interval(mutual_min_distances(f, block)[0], interval_k(N - 1, x_max))
+    return layer_msm_scores(LayerFeatures.from_vectors(z), x_max, block)[0]
