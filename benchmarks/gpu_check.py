@@ -87,7 +87,7 @@ def main() -> None:
     imgs[3, :, 100:130, 100:130] = 1.0
     ms = {}
     for dev in ("cpu", "cuda"):
-        mm = anomalens.create("musc", backbone="ViT-B-16-plus-240", pretrained=None, image_size=240, device=dev)
+        mm = anomalens.create("musc", backbone="ViT-B-16-plus-240", weights=None, image_size=240, device=dev)
         mm.predict(imgs[:4]) if dev == "cuda" else None
         sync(); t0 = time.perf_counter(); p = mm.predict(imgs); sync()
         ms[dev] = (p.image_scores, p.anomaly_maps, time.perf_counter() - t0)

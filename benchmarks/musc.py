@@ -87,7 +87,7 @@ def pair_rate(M: int, C: int, r_list=(1, 3, 5)) -> float:
 def vit_seconds_per_image(backbone: str, size: int, batch: int = 2) -> float:
     import anomalens
 
-    model = anomalens.create("musc", backbone=backbone, pretrained=None, image_size=size, device="cpu")
+    model = anomalens.create("musc", backbone=backbone, weights=None, image_size=size, device="cpu")
     visual = model._visual()
     x = torch.randn(batch, 3, size, size)
     with torch.inference_mode():
@@ -121,7 +121,7 @@ def main() -> None:
     from anomalens.progress import set_progress
 
     set_progress(False)
-    model = anomalens.create("musc", backbone=args.backbone, pretrained=None, image_size=args.image_size, device="cpu")
+    model = anomalens.create("musc", backbone=args.backbone, weights=None, image_size=args.image_size, device="cpu")
     g = torch.Generator().manual_seed(0)
     # warm both paths once (thread pools, allocator) so the first timed size is not charged for start-up
     warm = anomalens.data.as_dataset((0.5 + 0.05 * torch.randn(4, 3, args.image_size, args.image_size, generator=g)).clamp(0, 1), model.transform)

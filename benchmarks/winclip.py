@@ -39,7 +39,7 @@ def main() -> None:
 
     set_progress(False)
     threads = torch.get_num_threads()
-    model = anomalens.create("winclip", class_name="metal_nut", pretrained=None, device="cpu", batch_size=args.images)
+    model = anomalens.create("winclip", class_name="metal_nut", weights=None, device="cpu", batch_size=args.images)
     model.setup()  # build CLIP first: anomalib's figure times setup() after its constructor built CLIP too
     t0 = time.perf_counter()
     model.text_prototypes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import anomalens
+
 from anomalens.backbones import ClipBackbone, create_clip, create_cnn, weights_dir
 from anomalens.errors import AnomalensError, WeightsError
 
@@ -89,11 +91,43 @@ def test_clip_tokens_by_hooks(monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
-    model, _, tok = create_clip("ViT-B-16-plus-240", pretrained=None)
+    model, _, tok = create_clip("ViT-B-16-plus-240", weights=None)
     cb = ClipBackbone(model, layers=[5, -1])
     emb, tokens = cb(torch.randn(2, 3, 240, 240))
     assert emb.shape == (2, 640)
     assert set(tokens) == {5, 11} and tokens[5].shape == (2, 1 + 15 * 15, 896)
     assert not torch.equal(tokens[5][:, 1], tokens[5][:, 2])  # batch-first: tokens differ along the sequence
     with pytest.raises(WeightsError, match="open_clip"):
-        create_clip("ViT-B-16-plus-240", pretrained="laion400m_e31")  # offline: clear error
+        create_clip("ViT-B-16-plus-240", weights="laion400m_e31")  # offline: clear error
+
+
+def test_offline_clip_weights_fail_fast_with_cli_spelling(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("ANOMALENS_HOME", str(tmp_path))
+    monkeypatch.setenv("ANOMALENS_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        create_clip("ViT-B-16-plus-240", weights="laion400m_e31")
+    assert time.perf_counter() - t0 < 5.0  # no hub retries
+    msg = str(info.value)
+    assert "\n" not in msg and "--set weights=" in msg and "no network" in msg
+
+
+def test_local_clip_checkpoint_is_loaded_by_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    ref, _, _ = create_clip("ViT-S-16", weights=None, init_seed=3)
+    path = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    model, _, _ = create_clip("ViT-S-16", weights=str(path), init_seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values()))
+
+
+def test_every_model_spells_weights_the_same():
+    from anomalens.registry import model_entries
+
+    for entry in model_entries():
+        assert "weights" in entry.defaults and "pretrained" not in entry.defaults, entry.name
+    with pytest.raises(anomalens.AnomalensError, match="weights="):
+        anomalens.create("winclip", pretrained=None)

@@ -131,7 +131,7 @@ def test_stratified_subsets_cover_every_image_once():
 
 
 def _tiny(**kw):
-    settings = dict(backbone="ViT-S-16", pretrained=None, image_size=96, batch_size=4, device="cpu")
+    settings = dict(backbone="ViT-S-16", weights=None, image_size=96, batch_size=4, device="cpu")
     settings.update(kw)
     return anomalens.create("musc", **settings)
 
@@ -240,7 +240,7 @@ def test_cli_evaluates_musc_zero_shot(synthetic_root, tmp_path):
     from anomalens.cli.app import app
 
     r = CliRunner().invoke(app, ["evaluate", str(synthetic_root), "--model", "musc", "--category", "disc", "-o", str(tmp_path),
-                                 "--set", "backbone=ViT-S-16", "--set", "pretrained=None", "--set", "image_size=96", "--device", "cpu"])
+                                 "--set", "backbone=ViT-S-16", "--set", "weights=None", "--set", "image_size=96", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]["disc"]
     assert 0.0 <= m["image_auroc"] <= 1.0 and "aupro" in m

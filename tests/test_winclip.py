@@ -14,7 +14,7 @@ from anomalens.models.winclip.torch_model import embed_tokens, encode_sequences
 
 @pytest.fixture(scope="module")
 def model():
-    return anomalens.create("winclip", class_name="metal_nut", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu")
+    return anomalens.create("winclip", class_name="metal_nut", backbone="ViT-S-16", weights=None, image_size=96, device="cpu")
 
 
 def test_prompt_counts_and_words():
@@ -92,7 +92,7 @@ def test_harmonic_aggregation_properties():
 def test_few_shot_identity_and_shared_language_path(model):
     x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     zero = model.predict(x).image_scores
-    plus = anomalens.create("winclip", class_name="metal_nut", backbone="ViT-S-16", pretrained=None, image_size=96,
+    plus = anomalens.create("winclip", class_name="metal_nut", backbone="ViT-S-16", weights=None, image_size=96,
                             device="cpu", k_shot=1).fit(x[:1])
     s = plus.predict(x).image_scores
     assert s[0] == pytest.approx(zero[0] / 2, rel=1e-5)  # the query is its own reference: M^W ≡ 0
@@ -104,7 +104,7 @@ def test_few_shot_pasted_defect_peaks_at_its_place():
     ref = (0.5 + 0.05 * torch.randn(1, 3, 96, 96, generator=g)).clamp(0, 1)
     query = ref.clone()
     query[:, :, 64:80, 16:32] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
-    plus = anomalens.create("winclip", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu", k_shot=1).fit(ref)
+    plus = anomalens.create("winclip", backbone="ViT-S-16", weights=None, image_size=96, device="cpu", k_shot=1).fit(ref)
     pred = plus.predict(torch.cat([ref, query]))
     assert pred.image_scores[1] > pred.image_scores[0]
     peak = np.unravel_index(np.argmax(pred.anomaly_maps[1] - pred.anomaly_maps[0]), (96, 96))
@@ -115,7 +115,7 @@ def test_deterministic_and_k_shot_needs_images(model):
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
     assert np.array_equal(model.predict(x).anomaly_maps, model.predict(x).anomaly_maps)
     with pytest.raises(ValueError, match="needs normal reference images"):
-        anomalens.create("winclip", backbone="ViT-S-16", pretrained=None, image_size=96, device="cpu", k_shot=2).fit()
+        anomalens.create("winclip", backbone="ViT-S-16", weights=None, image_size=96, device="cpu", k_shot=2).fit()
 
 
 def test_truncated_text_encoding_is_exact(model):

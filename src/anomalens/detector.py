@@ -78,11 +78,8 @@ class Detector:
 
     @property
     def random_init(self) -> bool:
-        """True when the backbone runs without pretrained weights (`weights=None` or `pretrained=None`)."""
-        for setting in ("weights", "pretrained"):
-            if hasattr(self, setting):
-                return getattr(self, setting) is None
-        return False
+        """True when the backbone runs without pretrained weights (`weights=None`)."""
+        return hasattr(self, "weights") and self.weights is None
 
     @property
     def is_fitted(self) -> bool:
@@ -241,6 +238,8 @@ def load(path: str | os.PathLike, device: Optional[str] = None) -> Detector:
         )
     entry = get_entry(config["model"])
     settings = dict(config.get("settings", {}))
+    if "pretrained" in settings and "weights" not in settings:  # saved before the one `weights` spelling
+        settings["weights"] = settings.pop("pretrained")
     if device is not None:
         settings["device"] = device
     model = entry.cls(**settings)

@@ -73,6 +73,9 @@ def create(name: str, **settings: Any):
         k for k, p in inspect.signature(entry.cls.__init__).parameters.items() if k != "self"
     }
     bad = sorted(set(settings) - valid)
+    if "pretrained" in bad and "weights" in valid:
+        raise AnomalensError(f"{entry.name}: the weights setting is spelled weights= (None = seeded random init, a tag, "
+                             "or a local file); CLI: --set weights=...")
     if bad:
         raise AnomalensError(f"{entry.name} has no setting(s) {bad}; valid: {sorted(valid)}")
     return entry.cls(**settings)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import AnomalensError, WeightsError
-from .weights import cache_dir
+from .weights import cache_dir, hub_cached_file, network_available, offline_weights_error
 
 
 def _local_clip_checkpoint(model_name: str, tag: str) -> Optional[Path]:
@@ -44,9 +44,35 @@ def resize_positional_embedding(visual: nn.Module, image_size: int) -> None:
     visual.image_size = (image_size, image_size)
 
 
-def create_clip(model_name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
+def resolve_clip_weights(model_name: str, weights: str) -> str:
+    """A local file for `weights` (a file path, a checkpoint in our cache, a hub-cached file), else the tag itself
+    when the network answers; offline without a local copy = one clear error at once (no retries)."""
+    import open_clip
+
+    if Path(str(weights)).expanduser().is_file():
+        return str(Path(str(weights)).expanduser())
+    local = _local_clip_checkpoint(model_name, str(weights))
+    if local:
+        return str(local)
+    cfg = open_clip.get_pretrained_cfg(model_name, str(weights)) or {}
+    if not cfg:
+        tags = [t for m, t in open_clip.list_pretrained() if m == model_name]
+        raise WeightsError(f"open_clip {model_name} has no pretrained tag {weights!r} and no such file; tags: {tags or 'none'}")
+    repo = str(cfg.get("hf_hub", "")).rstrip("/")
+    if repo:
+        cached = hub_cached_file(repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+                                 (cache_dir() / "open_clip", None))
+        if cached:
+            return str(cached)
+    if not network_available():
+        raise offline_weights_error(f"open_clip {model_name} / {weights}",
+                                    cache_dir() / "open_clip" / f"{model_name}__{weights}.safetensors", "open_clip_model.safetensors")
+    return str(weights)
+
+
+def create_clip(model_name: str, weights: Optional[str] = None, device: str | torch.device = "cpu",
                 image_size: Optional[int] = None, init_seed: int = 0):
-    """(model, preprocess, tokenizer) from open_clip; `pretrained` is a tag, a local file, or None (random init).
+    """(model, preprocess, tokenizer) from open_clip; `weights` is a tag, a local file, or None (random init).
 
     image_size re-grids the positional embedding ourselves (see `resize_positional_embedding`); random init is
     seeded by `init_seed` without touching the global RNG.
@@ -55,13 +81,7 @@ def create_clip(model_name: str, pretrained: Optional[str] = None, device: str |
 
     if model_name not in open_clip.list_models():
         raise AnomalensError(f"unknown open_clip model {model_name!r}")
-    source: Optional[str] = None
-    if pretrained is not None:
-        if Path(str(pretrained)).expanduser().is_file():
-            source = str(Path(str(pretrained)).expanduser())
-        else:
-            local = _local_clip_checkpoint(model_name, str(pretrained))
-            source = str(local) if local else str(pretrained)
+    source = None if weights is None else resolve_clip_weights(model_name, weights)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
@@ -69,12 +89,13 @@ def create_clip(model_name: str, pretrained: Optional[str] = None, device: str |
                 model_name, pretrained=source, device=device, cache_dir=str(cache_dir() / "open_clip")
             )
     except Exception as exc:
-        if pretrained is None:
+        if weights is None:
             raise
-        expected = cache_dir() / "open_clip" / f"{model_name}__{pretrained}.bin"
+        expected = cache_dir() / "open_clip" / f"{model_name}__{weights}.safetensors"
         raise WeightsError(
-            f"could not load open_clip {model_name} / {pretrained} ({type(exc).__name__}: {str(exc)[:160]}). "
-            f"Offline? Put the checkpoint at {expected} (or pass pretrained='/path/to/checkpoint'); pretrained=None runs random init"
+            f"could not load open_clip {model_name} / {weights} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
+            f"Put the checkpoint at {expected}, or pass --set weights=/path/to/checkpoint (Python: weights=...); "
+            "weights=None runs random init"
         ) from exc
     if image_size is not None:
         resize_positional_embedding(model.visual, int(image_size))

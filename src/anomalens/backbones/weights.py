@@ -77,6 +77,41 @@ def resolve_file(
     return cached
 
 
+def network_available(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a weights host answers at all (one quick connect; HF_HUB_OFFLINE=1 means no), so offline runs fail at once."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("ANOMALENS_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_cached_file(repo_id: str, filenames: tuple[str, ...], cache_dirs: tuple[Optional[Path], ...] = (None,)) -> Optional[Path]:
+    """A file already in a Hugging Face hub cache (ours or the default one), without touching the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip and timm
+        return None
+    for folder in cache_dirs:
+        for name in filenames:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=None if folder is None else str(folder))
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+    return None
+
+
+def offline_weights_error(what: str, expected: Path, example: str) -> WeightsError:
+    """The one-line error for pretrained weights that cannot be had offline, with the CLI and Python spellings."""
+    return WeightsError(
+        f"{what}: no network and no cached checkpoint. Put the file at {expected}, or pass a local file "
+        f"(CLI: --set weights=/path/to/{example}; Python: weights='/path/to/{example}'); weights=None runs random init"
+    )
+
+
 def download_url(url: str) -> Callable[[Path], None]:
     """A downloader for `resolve_file` using torch.hub (atomic: it writes a temp file then renames)."""
 

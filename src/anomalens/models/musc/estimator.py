@@ -17,27 +17,34 @@ from ...registry import register_model
 from .torch_model import LayerFeatures, interval_k, layer_msm_scores, reduce_interval, reference_distances
 
 
-def create_timm_vit(name: str, pretrained: Optional[str], image_size: int, seed: int = 0):
-    """A timm ViT (DINO / DINOv2) at `image_size`; pretrained: None (random init), a tag-resolved download, or a file."""
+def create_timm_vit(name: str, weights: Optional[str], image_size: int, seed: int = 0):
+    """A timm ViT (DINO / DINOv2) at `image_size`; weights: None (random init), a local file, or any other value =
+    timm's pretrained download (hub cache first; offline without it = one clear error at once)."""
     import os
 
     import timm
 
+    from ...backbones.weights import cache_dir, hub_cached_file, network_available, offline_weights_error
     from ...errors import WeightsError
 
     kwargs = {"img_size": image_size, "num_classes": 0}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if pretrained is None:
+        if weights is None:
             return timm.create_model(name, pretrained=False, **kwargs)
+        file = str(weights) if os.path.isfile(str(weights)) else None
+        if file is None:
+            cached = hub_cached_file(f"timm/{name}", ("model.safetensors", "pytorch_model.bin"))
+            file = str(cached) if cached else None
+        if file is None and not network_available():
+            raise offline_weights_error(f"timm {name}", cache_dir() / "weights" / f"{name}.safetensors", "model.safetensors")
         try:
-            if os.path.isfile(str(pretrained)):
-                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)}, **kwargs)
+            if file is not None:
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": file}, **kwargs)
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as exc:
-            raise WeightsError(f"could not load timm weights for {name} ({type(exc).__name__}: {str(exc)[:160]}). "
-                               "Offline? Download the checkpoint elsewhere and pass pretrained='/path/to/file.safetensors'; "
-                               "pretrained=None runs random init") from exc
+            raise WeightsError(f"could not load timm weights for {name} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                               "pass --set weights=/path/to/model.safetensors (Python: weights=...); weights=None runs random init") from exc
 
 
 def default_layers(depth: int) -> list[int]:
@@ -81,7 +88,7 @@ class MuSc(Detector):
     def __init__(
         self,
         backbone: str = "ViT-L-14-336",
-        pretrained: Optional[str] = "openai",
+        weights: Optional[str] = "openai",
         image_size: int = 518,
         layers: Optional[Sequence[int]] = None,
         r_list: Sequence[int] = (1, 3, 5),
@@ -97,7 +104,7 @@ class MuSc(Detector):
         device: str = "auto",
     ):
         self.backbone = backbone
-        self.pretrained = pretrained
+        self.weights = weights
         self.image_size = image_size
         self.layers = layers
         self.r_list = r_list
@@ -134,10 +141,10 @@ class MuSc(Detector):
         visual = getattr(self, "_visual_model", None)
         if visual is None:
             if self.is_timm:
-                visual = create_timm_vit(self.backbone[5:], self.pretrained, self.image_size, self.seed)
+                visual = create_timm_vit(self.backbone[5:], self.weights, self.image_size, self.seed)
                 depth = len(visual.blocks)
             else:
-                model, _, _ = create_clip(self.backbone, self.pretrained, "cpu", image_size=self.image_size, init_seed=self.seed)
+                model, _, _ = create_clip(self.backbone, self.weights, "cpu", image_size=self.image_size, init_seed=self.seed)
                 visual = model.visual
                 del model
                 depth = len(visual.transformer.resblocks)
@@ -198,7 +205,7 @@ class MuSc(Detector):
         return tokens, torch.stack([p[1] for p in per_image]), stacked_masks
 
     def _cache_tag(self) -> str:
-        return f"{self.backbone}|{self.pretrained}|{self.image_size}|{list(self._layer_ids)}|{self.seed if self.pretrained is None else ''}"
+        return f"{self.backbone}|{self.weights}|{self.image_size}|{list(self._layer_ids)}|{self.seed if self.weights is None else ''}"
 
     def _grid(self, n_tokens: int) -> tuple[int, int]:
         side = int(round(n_tokens**0.5))

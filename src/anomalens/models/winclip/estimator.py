@@ -45,7 +45,7 @@ class WinCLIP(Detector):
         class_name: str = "object",
         k_shot: int = 0,
         backbone: str = "ViT-B-16-plus-240",
-        pretrained: Optional[str] = "laion400m_e31",
+        weights: Optional[str] = "laion400m_e31",
         image_size: int = 240,
         scales: Sequence[int] = (2, 3),
         temperature: float = 0.07,
@@ -59,7 +59,7 @@ class WinCLIP(Detector):
         self.class_name = class_name
         self.k_shot = k_shot
         self.backbone = backbone
-        self.pretrained = pretrained
+        self.weights = weights
         self.image_size = image_size
         self.scales = scales
         self.temperature = temperature
@@ -94,7 +94,7 @@ class WinCLIP(Detector):
     def _model(self):
         model = getattr(self, "_clip", None)
         if model is None:
-            model, _, tokenizer = create_clip(self.backbone, self.pretrained, "cpu", image_size=self.image_size, init_seed=self.seed)
+            model, _, tokenizer = create_clip(self.backbone, self.weights, "cpu", image_size=self.image_size, init_seed=self.seed)
             self._clip, self._tokenizer = model.to(self.device_).eval(), tokenizer
             self._text = None
         return self._clip
