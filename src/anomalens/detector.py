@@ -215,8 +215,11 @@ class Detector:
         return path
 
 
-def load(path: str | os.PathLike, device: Optional[str] = None) -> Detector:
-    """Load a model saved with `Detector.save`; tensors are memory-mapped, never unpickled."""
+def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any) -> Detector:
+    """Load a model saved with `Detector.save`; tensors are memory-mapped, never unpickled.
+
+    `overrides` replace saved settings that only change how the model runs (batch_size, ...); unknown names are an error.
+    """
     from .registry import get_entry
 
     path = Path(path)
@@ -242,6 +245,10 @@ def load(path: str | os.PathLike, device: Optional[str] = None) -> Detector:
         settings["weights"] = settings.pop("pretrained")
     if device is not None:
         settings["device"] = device
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ModelFormatError(f"{entry.name} has no setting(s) {unknown}; valid: {sorted(settings)}")
+    settings.update(overrides)
     model = entry.cls(**settings)
     try:
         tensors = load_safetensors_mmap(tensor_path)
