@@ -275,6 +275,11 @@ def models():
     console.print(t)
 
 
+from .train import register as _register_train  # noqa: E402  (command modules register themselves)
+
+_register_train(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
