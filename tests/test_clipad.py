@@ -436,3 +436,25 @@ def test_train_cli_end_to_end_and_resume(synthetic_root, tmp_path, images):
     assert np.isfinite(pred.anomaly_maps).all()
     bad = CliRunner().invoke(app, ["train", "clipad", str(tmp_path / "nope"), "-o", str(out), "--dataset", "mvtec"])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_default_weights_are_the_paper_tag_and_fail_fast_offline(monkeypatch):
+    import time
+
+    entry = anomalens.registry.get_entry("clipad")
+    assert entry.defaults["backbone"] == "ViT-B-16-plus-240" and entry.defaults["weights"] == "laion400m_e31"
+    assert entry.defaults["variant"] == "sdp" and entry.defaults["ori_tap"] == "official" and entry.defaults["image_size"] == 240
+    monkeypatch.setenv("ANOMALENS_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(anomalens.WeightsError, match="laion400m_e31"):
+        anomalens.create("clipad", class_name="bottle", device="cpu").setup()
+    assert time.perf_counter() - t0 < 10
+
+
+def test_local_weights_file_loads_the_same_model(model, images, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model._model().state_dict().items()}, str(path))
+    other = tiny(weights=str(path), seed=123)  # a different init seed: the file must win
+    assert np.allclose(other.predict(images[:1]).anomaly_maps, model.predict(images[:1]).anomaly_maps, atol=1e-5)
