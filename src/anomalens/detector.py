@@ -32,7 +32,8 @@ class Prediction:
     """Scores of N images: higher = more anomalous.
 
     image_scores (N,) float64; anomaly_maps (N, H, W) float32 at the model's input resolution;
-    labels (N,) bool, or None when no threshold is set; masks / gt_labels carried from a labelled dataset.
+    labels (N,) bool, or None when no threshold is set; masks / gt_labels carried from a labelled dataset;
+    components: named per-image arrays (N,) a model may expose besides its score (e.g. CLIP-AD's p_abn, map_max).
     """
 
     image_scores: np.ndarray
@@ -42,6 +43,7 @@ class Prediction:
     gt_labels: Optional[np.ndarray] = None
     masks: Optional[np.ndarray] = None
     info: dict = field(default_factory=dict)
+    components: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.image_scores)
@@ -119,15 +121,20 @@ class Detector:
         """Score images: image scores, anomaly maps, and labels when a threshold is set."""
         self._check_fitted("predict")
         ds = as_dataset(data, self.transform)
-        scores, maps, masks, paths = [], [], [], []
+        scores, maps, masks, paths, parts = [], [], [], [], []
         for images, batch_masks, samples in self._batches(ds, f"{self.name}: scoring"):
-            s, m = self._predict_batch(images)
-            scores.append(np.asarray(s, dtype=np.float64))
-            maps.append(np.asarray(m, dtype=np.float32))
+            out = self._predict_batch(images)  # (scores, maps) or (scores, maps, {name: (B,) array})
+            scores.append(np.asarray(out[0], dtype=np.float64))
+            maps.append(np.asarray(out[1], dtype=np.float32))
+            parts.append(out[2] if len(out) > 2 else {})
             masks.append(batch_masks)
             paths += [smp.path for smp in samples]
         image_scores, anomaly_maps = self._postprocess(np.concatenate(scores), np.concatenate(maps))
-        return self._prediction(ds, image_scores, anomaly_maps, masks, paths)
+        pred = self._prediction(ds, image_scores, anomaly_maps, masks, paths)
+        names = set(parts[0]) if parts else set()
+        if names and all(set(p) == names for p in parts):
+            pred.components = {k: np.concatenate([np.asarray(p[k], dtype=np.float64) for p in parts]) for k in sorted(names)}
+        return pred
 
     def _batches(self, ds: ImageDataset, description: str):
         """(images, masks, samples) batches of `ds` through this model's transform."""
@@ -147,7 +154,8 @@ class Detector:
     def batch_size_for_predict(self) -> int:
         return int(getattr(self, "batch_size", 8))
 
-    def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_batch(self, images: torch.Tensor) -> tuple:
+        """(scores (B,), maps (B, H, W)), optionally with a third item {component name: (B,) array}."""
         raise NotImplementedError
 
     def _postprocess(self, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
