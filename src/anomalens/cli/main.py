@@ -6,7 +6,6 @@ import pkgutil
 from pathlib import Path
 import typer
 
-#: command modules, in the order their commands appear in --help
 #: command modules listed first in --help; every other module of this package with a `register(app)` follows,
 #: alphabetically (a new command group is a new module: no list to edit)
 FIRST = ("demo", "fit", "predict", "evaluate", "models")
