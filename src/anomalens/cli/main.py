@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
+
 import typer
 
 #: command modules listed first in --help; every other module of this package with a `register(app)` follows,
