@@ -6,7 +6,7 @@
   * tiny-config training steps/s: SAE step (anomaly tokens + spatial encoder, masked loss, augmentation) vs the
     plain textual-inversion mask-model step measured in the same run.
 
-    python benchmarks/generation.py [--steps 3] [--batch 1] [--train-steps 20] [--json out.json]
+    python benchmarks/generation.py [--steps 3] [--batch 1] [--train-steps 20] [--threads 1] [--json out.json]
 """
 from __future__ import annotations
 
@@ -65,11 +65,11 @@ def ddim_step_seconds(unet, batch: int, steps: int, repeats: int) -> dict:
         return (time.perf_counter() - t0) / len(ts)
 
     stock_procs = {n: AttnProcessor2_0() for n in unet.attn_processors}
-    unet.set_attn_processor(stock_procs)
+    unet.set_attn_processor(dict(stock_procs))  # diffusers pops from the dict
     run(False)  # warm-up
     stock, ours = [], []
     for _ in range(repeats):
-        unet.set_attn_processor(stock_procs)
+        unet.set_attn_processor(dict(stock_procs))  # diffusers pops from the dict
         stock.append(run(False))
         install_aar(unet, state)
         ours.append(run(True))
@@ -107,7 +107,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     from anomalens.progress import set_progress
 
     set_progress(False)
