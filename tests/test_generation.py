@@ -459,11 +459,13 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 
 @pytest.fixture()
 def mvtec_root(tmp_path):
-    """widget/{train/good (3), test/crack (6), ground_truth/crack (6 masks)} at 64x64."""
+    """widget/{train/good (3), test/good (2), test/crack (6), ground_truth/crack (6 masks)} at 64x64."""
     rng = np.random.default_rng(0)
     root = tmp_path / "mvtec"
     for i in range(3):
         _write_png(root / "widget" / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    for i in range(2):
+        _write_png(root / "widget" / "test" / "good" / f"{i:03d}.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     for i in range(6):
         img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
         m = np.zeros((64, 64), np.uint8)
@@ -504,7 +506,7 @@ def _digest(folder: Path) -> dict:
             for p in sorted(folder.rglob("*.png"))}
 
 
-def test_cli_train_generate_end_to_end(mvtec_root, tmp_path):
+def test_cli_train_generate_end_to_end(mvtec_root, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from anomalens.cli.main import app
@@ -544,3 +546,60 @@ def test_cli_train_generate_end_to_end(mvtec_root, tmp_path):
     r = runner.invoke(app, ["generate", str(tmp_path / "missing"), good, "-n", "1", "-o", str(tmp_path / "o3")])
     assert r.exit_code == 2 and "missing" in r.output and "Traceback" not in r.output
     json.loads((gen / "anomalydiffusion.json").read_text())  # intact
+    # evaluation on the generated set: IS / IC-LPIPS weights absent -> reported as errors; downstream runs
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    ev = tmp_path / "eval"
+    r = runner.invoke(app, ["evaluate-generator", str(gen), str(mvtec_root), "--generated", str(out2), "--epochs", "1",
+                            "-o", str(ev), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((ev / "generator_eval.json").read_text())
+    assert rep["inception_score"].startswith("error:") and rep["ic_lpips"].startswith("error:")
+    assert rep["downstream"]["test_images"] == {"good": 2, "crack": 4, "first_test_id": 2}
+    assert {"clean", "paper"} <= set(rep["downstream"])
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+def _const(values, size=4):
+    return torch.tensor(values, dtype=torch.float32)[:, None, None, None].expand(-1, 3, size, size).clone()
+
+
+def test_ic_lpips_clustering_protocol_with_a_plugin_distance():
+    from anomalens.generation.evaluate import ic_lpips
+
+    def l1(a, b):
+        return (a - b).abs().flatten(1).mean(1)
+
+    real = _const([0.0, 1.0, 5.0])  # the third real image attracts nothing: its cluster counts 0
+    gen = _const([0.0, 0.1, 0.9, 1.0, 0.95])
+    expect = (0.1 + (0.1 + 0.05 + 0.05) / 3 + 0.0) / 3  # mean over ordered pairs == mean over unordered pairs
+    assert ic_lpips(gen, real, l1) == pytest.approx(expect, abs=1e-6)
+    assert ic_lpips(_const([0.0, 0.0, 1.0]), _const([0.0, 1.0]), l1) == pytest.approx(0.0)  # identical members
+    assert ic_lpips(gen, real, l1, cap=1) == 0.0  # cap 1: every cluster has <= 1 member
+
+
+def test_is_and_lpips_fail_clearly_without_weights(tmp_path, monkeypatch):
+    from anomalens.generation import evaluate as E
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(WeightsError, match=E.INCEPTION_FILE):
+        E.inception_score(tmp_path)
+    with pytest.raises(WeightsError, match=E.ALEXNET_FILE):
+        E.lpips_distance()
+
+
+def test_downstream_check_reports_clean_and_paper_protocols():
+    from anomalens.generation.evaluate import downstream_check
+
+    g = torch.Generator().manual_seed(0)
+    normals = torch.rand(4, 3, 32, 32, generator=g) * 0.2
+    gx = normals.clone()
+    gm = torch.zeros(4, 1, 32, 32)
+    gm[:, :, 8:20, 8:20] = 1
+    gx = torch.where(gm.bool().expand_as(gx), torch.ones_like(gx), gx)
+    tx = torch.cat([normals[:2], gx[:2]])
+    tm = torch.cat([torch.zeros(2, 1, 32, 32), gm[:2]])
+    res = downstream_check(gx, gm, normals, tx, tm, epochs=3, batch_size=4, lr=1e-2, progress=False)
+    assert set(res) >= {"clean", "paper", "best_epoch"} and 1 <= res["best_epoch"] <= 3
+    score = lambda r: r["image_auroc"] + r["pixel_auroc"] + r["pixel_ap"] + r["aupro"]  # noqa: E731
+    assert score(res["paper"]) >= score(res["clean"])  # the paper's pick is the best on the test set by construction
+    assert res["paper"]["pixel_auroc"] > 0.5

@@ -57,7 +57,44 @@ def generate(
     console.print(f"wrote {len(files)} image/mask pairs -> {out}")
 
 
+@user_errors
+def evaluate_generator(
+    gen_dir: Path = typer.Argument(..., help="a folder written by `anomalens train-generator`"),
+    root: Path = typer.Argument(..., help="the MVTec-layout dataset it was trained on"),
+    out: Path = typer.Option(Path("generator-eval"), "--out", "-o", help="report folder (generator_eval.json)"),
+    generated: Optional[Path] = typer.Option(None, "--generated", help="an existing `anomalens generate` output "
+                                             "(default: generate -n pairs into OUT/generated)"),
+    n: int = typer.Option(100, "-n", help="pairs to generate when --generated is not given"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps when generating"),
+    epochs: int = typer.Option(20, "--epochs", help="downstream U-Net epochs"),
+    size: Optional[int] = typer.Option(None, "--size", help="downstream image size (default: the generator's)"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+):
+    """IS, IC-LPIPS and a downstream U-Net check (clean last-epoch protocol next to the paper's test-set pick)."""
+    from rich.table import Table
+
+    from anomalens.generation.evaluate import evaluate_generator as run
+
+    rep = run(gen_dir, root, out, generated=generated, n=n, steps=steps, seed=seed, epochs=epochs, size=size,
+              device=device)
+    for name in ("inception_score", "ic_lpips"):
+        v = rep[name]
+        console.print(f"{name}: {v:.4f}" if isinstance(v, float) else f"{name}: [yellow]{v}[/yellow]", highlight=False)
+    ds = rep["downstream"]
+    t = Table(title=f"downstream U-Net on real test images of {rep['defect']}")
+    t.add_column("protocol")
+    keys = [k for k in ds["clean"] if isinstance(ds["clean"][k], float)]
+    for k in keys:
+        t.add_column(k, justify="right")
+    t.add_row(f"clean (last epoch {ds['epochs']})", *[f"{ds['clean'][k]:.3f}" for k in keys])
+    t.add_row(f"paper (best on test, epoch {ds['best_epoch']})", *[f"{ds['paper'][k]:.3f}" for k in keys])
+    console.print(t)
+    console.print(f"report -> {out / 'generator_eval.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the generation commands to the app."""
     app.command("train-generator")(train_generator)
     app.command("generate")(generate)
+    app.command("evaluate-generator")(evaluate_generator)

@@ -48,7 +48,8 @@ def resolve_config(config: Union[str, Path, GeneratorConfig, None] = None, **ove
         cfg = GeneratorConfig.tiny(**d) if d.get("base") == "tiny" else GeneratorConfig.from_dict(d, p)
         cfg = GeneratorConfig.from_dict(cfg.to_dict() | overrides, p)
     else:
-        cfg = GeneratorConfig(base=str(config), **overrides)
+        p = Path(str(config)).expanduser()
+        cfg = GeneratorConfig(base=str(p.resolve()) if p.exists() else str(config), **overrides)
     return cfg.validate()
 
 
@@ -183,7 +184,9 @@ def train(root, category: str, defect: str, out, config: Union[str, Path, Genera
     out = Path(out)
     ckpt = out / CHECKPOINT_DIR
     pairs = training_pairs(root, category, defect)  # validates the layout before any model is loaded
-    if resume and (ckpt / "state.json").is_file():
+    if resume and not (ckpt / "state.json").is_file():
+        raise AnomalensError(f"nothing to resume: no training checkpoint {ckpt / 'state.json'}")
+    if resume:
         saved = json.loads((ckpt / "state.json").read_text()).get("config", {})
         cfg = resolve_config(GeneratorConfig.from_dict(saved, ckpt / "state.json"), steps=steps, mask_steps=mask_steps)
     else:
