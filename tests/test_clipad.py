@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -458,3 +457,25 @@ def test_local_weights_file_loads_the_same_model(model, images, tmp_path):
     save_file({k: v.contiguous() for k, v in model._model().state_dict().items()}, str(path))
     other = tiny(weights=str(path), seed=123)  # a different init seed: the file must win
     assert np.allclose(other.predict(images[:1]).anomaly_maps, model.predict(images[:1]).anomaly_maps, atol=1e-5)
+
+
+def test_evaluation_hook_gives_the_paper_score(model, synthetic_root):
+    from anomalens.data import MVTecAD
+
+    report = anomalens.evaluate(model, MVTecAD(synthetic_root, "disc", "test"))
+    pred = report.prediction
+    assert set(pred.components) == {"p_abn", "map_max"} and "aupro" in report.metrics
+    assert np.allclose(model.evaluation_scores(pred), clipad_minmax_scores(pred))
+    assert np.allclose(pred.image_scores, pred.components["p_abn"] + pred.components["map_max"])
+
+
+def test_train_adapters_with_target_validation(synthetic_root, tmp_path):
+    from anomalens.models.clipad.training import train_adapters
+
+    rep = train_adapters(synthetic_root, tmp_path / "ad", "mvtec", categories=["weave"], val_root=synthetic_root,
+                         val_dataset="mvtec", val_categories=["grain"], epochs=1, batch_size=8, device="cpu",
+                         **{k: v for k, v in TINY.items() if k != "device"})
+    v = rep["history"][0]["validation"]
+    assert set(v["per_category"]) == {"grain"} and 0 <= v["mean"]["image_auroc"] <= 1
+    assert rep["best"]["epoch"] == 1 and rep["validation"].startswith("mvtec test split")
+    assert rep["n_train"] == 14  # the whole weave test split: no holdout when a target validates

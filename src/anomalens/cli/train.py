@@ -1,7 +1,6 @@
 """`anomalens train clipad ROOT --dataset visa -o DIR`: train CLIP-AD's SDP+ stage adapters (heavy imports inside)."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import List, Optional
 

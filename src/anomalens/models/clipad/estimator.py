@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -263,6 +262,10 @@ class CLIPAD(Detector):
         p_abn = r["p_abn"]
         parts = {"p_abn": p_abn.double().cpu().numpy(), "map_max": map_max.double().cpu().numpy()}
         return parts["p_abn"] + parts["map_max"], amap.cpu().numpy(), parts
+
+    def evaluation_scores(self, prediction) -> np.ndarray:
+        """Evaluation-path hook: the paper's per-category min–max image score of `prediction` (one category's set)."""
+        return clipad_minmax_scores(prediction)
 
     def info(self) -> dict:
         out = super().info()
