@@ -389,15 +389,15 @@ def test_losses_match_their_definitions():
 def test_training_loss_decreases_and_only_linears_get_gradients(model):
     g = torch.Generator().manual_seed(8)
     original = [torch.randn(2, 37, model.width, generator=g) for _ in range(4)]
-    masks = torch.zeros(2, 96, 96)
-    masks[0, 20:50, 30:60] = 1
+    masks = torch.zeros(2, 48, 48)  # the head upsamples to the mask size
+    masks[0, 10:25, 15:30] = 1
     T = model.text_features()
     ad = _random_adapters(model, 10)
     clip = model._model()
     clip.requires_grad_(True)
-    opt = torch.optim.Adam(ad.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(ad.parameters(), lr=3e-3)
     first = None
-    for _ in range(60):
+    for _ in range(25):
         loss = sdp_plus_loss(ad, original, T, masks)
         first = float(loss.detach()) if first is None else first
         opt.zero_grad()
