@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from anomalens.cli.app import app
+from anomalens.cli import app
 
 runner = CliRunner()
 TINY = ["--set", "backbone=resnet18", "--set", "weights=None", "--set", "resize=72", "--set", "crop=64", "--set", "coreset_ratio=0.5"]
@@ -72,3 +72,120 @@ def test_user_errors_are_one_line_exit_2(args, needle):
     assert r.exit_code == 2
     assert needle in r.output
     assert "Traceback" not in r.output
+
+
+def test_help_and_models_do_not_import_torch():
+    """The CLI's --help, --version and `models` answer without loading torch (the cause of 5-6 s start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from anomalens.cli import app; r = CliRunner();"
+            "outs = [r.invoke(app, a) for a in (['--help'], ['--version'], ['models'])];"
+            "assert all(o.exit_code == 0 for o in outs), [o.output for o in outs];"
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_version_flag():
+    import anomalens
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and anomalens.__version__ in r.output
+
+
+def test_models_catalogue_equals_registry():
+    """`anomalens models` reads settings from source; they must equal the imported registry's defaults."""
+    from anomalens.catalogue import model_catalogue
+    from anomalens.registry import model_entries
+
+    norm = lambda d: {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}  # noqa: E731
+    cat = {e.name: e for e in model_catalogue()}
+    reg = {e.name: e for e in model_entries()}
+    assert set(cat) == set(reg)
+    for name, e in reg.items():
+        assert norm(cat[name].settings) == norm(e.defaults), name
+        assert cat[name].description == e.description
+    r = runner.invoke(app, ["models", "patchcore"])
+    assert r.exit_code == 0 and "coreset_ratio" in r.output and "winclip" not in r.output
+
+
+def test_progress_off_when_piped(monkeypatch):
+    from anomalens import progress
+
+    monkeypatch.delenv("ANOMALENS_PROGRESS", raising=False)
+    monkeypatch.setattr(progress, "_enabled", None)
+    monkeypatch.setattr("sys.stderr", __import__("io").StringIO())
+    assert progress.progress_enabled() is False
+    monkeypatch.setenv("ANOMALENS_PROGRESS", "1")
+    assert progress.progress_enabled() is True
+
+
+def test_predict_takes_threshold_and_settings(tmp_path, synthetic_root):
+    model_dir = tmp_path / "model"
+    r = runner.invoke(app, ["fit", str(synthetic_root), "--dataset", "mvtec", "--category", "weave", "-o", str(model_dir), "--device", "cpu", *TINY])
+    assert r.exit_code == 0, r.output
+    imgs = str(synthetic_root / "weave" / "test")
+    r = runner.invoke(app, ["predict", str(model_dir), imgs, "-o", str(tmp_path / "a"), "--no-overlays", "--threshold", "-1e9",
+                            "--set", "batch_size=3"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "a" / "predictions.csv")))
+    assert rows and all(row["anomalous"] == "True" for row in rows)   # every score is above -1e9
+    assert all(row["random_init"] == "True" for row in rows)
+    r = runner.invoke(app, ["predict", str(model_dir), imgs, "-o", str(tmp_path / "b"), "--no-overlays", "--threshold", "1e9"])
+    assert all(row["anomalous"] == "False" for row in csv.DictReader(open(tmp_path / "b" / "predictions.csv")))
+    r = runner.invoke(app, ["predict", str(model_dir), imgs, "-o", str(tmp_path / "c"), "--set", "no_such=1"])
+    assert r.exit_code == 2 and "no_such" in r.output
+
+
+# ---- issue 10: a new user's first hour -------------------------------------------------------------------------
+def _fit_args(synthetic_root, out, *extra):
+    return ["fit", str(synthetic_root), "--dataset", "mvtec", "--category", "weave", "-o", str(out), "--device", "cpu", *TINY, *extra]
+
+
+def test_fit_never_replaces_a_users_folder_and_needs_force_for_a_model(tmp_path, synthetic_root):
+    user = tmp_path / "work"
+    user.mkdir()
+    (user / "img.png").write_bytes(b"training image")
+    r = runner.invoke(app, _fit_args(synthetic_root, user, "--force"))
+    assert r.exit_code == 2 and "not an anomalens model" in r.output and "Traceback" not in r.output
+    assert [p.name for p in user.iterdir()] == ["img.png"] and (user / "img.png").read_bytes() == b"training image"
+    model = tmp_path / "model"
+    assert runner.invoke(app, _fit_args(synthetic_root, model)).exit_code == 0
+    before = (model / "config.json").read_text()
+    r = runner.invoke(app, _fit_args(synthetic_root, model))
+    assert r.exit_code == 2 and "--force" in r.output and (model / "config.json").read_text() == before
+    r = runner.invoke(app, _fit_args(synthetic_root, model, "--force", "--holdout", "0"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((model / "config.json").read_text())["threshold"] is None  # replaced by the new fit
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--holdout", "1"], "--holdout must be in [0, 1)"),
+    (["--holdout", "-0.1"], "--holdout must be in [0, 1)"),
+    (["--fpr", "0"], "--fpr must be in (0, 1)"),
+    (["--fpr", "1.5"], "--fpr must be in (0, 1)"),
+    (["--set", "coreset_ratio=abc"], "coreset_ratio='abc' must be a number"),
+])
+def test_fit_rejects_bad_options_before_any_work(tmp_path, extra, needle, monkeypatch):
+    import anomalens.data
+
+    def no_data(*a, **k):
+        raise AssertionError("data was opened before the options were checked")
+
+    monkeypatch.setattr(anomalens.data, "MVTecAD", no_data)
+    r = runner.invoke(app, ["fit", str(tmp_path), "--dataset", "mvtec", "--category", "weave", "-o", str(tmp_path / "m"), *extra])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_fit_warns_on_a_small_calibration_set_and_records_it(tmp_path, synthetic_root):
+    r = runner.invoke(app, _fit_args(synthetic_root, tmp_path / "m", "--holdout", "0.25", "--fpr", "0.01"))
+    assert r.exit_code == 0, r.output
+    assert "3 calibration images cannot resolve fpr=0.01" in r.output and "0.25" in r.output  # 1/(3+1)
+    cal = json.loads((tmp_path / "m" / "config.json").read_text())["calibration"]
+    assert cal["n_images"] == 3 and cal["fpr_requested"] == 0.01 and cal["fpr_achievable"] == pytest.approx(0.25)
+    assert 0.0 <= cal["fpr_empirical"] <= 1.0 and "3 held-out normals" in r.output
+    r = runner.invoke(app, _fit_args(synthetic_root, tmp_path / "n", "--holdout", "0.1"))  # 12 images: 1 held out
+    assert r.exit_code == 0 and "no threshold calibrated" in r.output
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["threshold"] is None

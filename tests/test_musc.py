@@ -237,7 +237,7 @@ def test_cli_evaluates_musc_zero_shot(synthetic_root, tmp_path):
 
     from typer.testing import CliRunner
 
-    from anomalens.cli.app import app
+    from anomalens.cli import app
 
     r = CliRunner().invoke(app, ["evaluate", str(synthetic_root), "--model", "musc", "--category", "disc", "-o", str(tmp_path),
                                  "--set", "backbone=ViT-S-16", "--set", "weights=None", "--set", "image_size=96", "--device", "cpu"])

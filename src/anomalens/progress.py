@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
@@ -15,10 +16,14 @@ def set_progress(enabled: bool) -> None:
 
 
 def progress_enabled() -> bool:
-    """Whether bars are shown (explicit setting, else the ANOMALENS_PROGRESS variable, default on)."""
+    """Whether bars are shown: explicit setting, else ANOMALENS_PROGRESS (1 = on, 0 = off), else only when stderr is
+    a terminal (piped or logged output gets no progress lines)."""
     if _enabled is not None:
         return _enabled
-    return os.environ.get("ANOMALENS_PROGRESS", "1") not in ("0", "false", "no")
+    env = os.environ.get("ANOMALENS_PROGRESS")
+    if env is not None:
+        return env.strip().lower() not in ("0", "false", "no", "off")
+    return sys.stderr.isatty()
 
 
 def track(iterable: Iterable[T], description: str, total: Optional[float] = None) -> Iterator[T]:

@@ -1,4 +1,4 @@
-"""The `anomalens` command line (typer + rich); it calls the public API only."""
-from .app import app, main
+"""The `anomalens` command line (typer + rich); it calls the public API only. One module per command group."""
+from .main import app, main
 
 __all__ = ["app", "main"]

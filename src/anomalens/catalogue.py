@@ -1,0 +1,63 @@
+"""Every built-in model's name, description, paper and settings read from the source files, without importing torch.
+
+`anomalens models` uses this so that it answers in well under a second; `tests/test_cli.py` checks it against the
+imported registry, so the two can never disagree.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """What `anomalens models` shows of one detector."""
+
+    name: str
+    description: str = ""
+    paper: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _literal(node: ast.AST) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return ast.unparse(node)
+
+
+def _init_defaults(cls: ast.ClassDef) -> dict[str, Any]:
+    for item in cls.body:
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            args = item.args.args[1:]
+            defaults = dict(zip([a.arg for a in args[len(args) - len(item.args.defaults):]], item.args.defaults))
+            kw = {a.arg: d for a, d in zip(item.args.kwonlyargs, item.args.kw_defaults) if d is not None}
+            return {k: _literal(v) for k, v in (defaults | kw).items()}
+    return {}
+
+
+def _entries_in(path: Path) -> list[CatalogueEntry]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for deco in node.decorator_list:
+            if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_model":
+                kw = {k.arg: _literal(k.value) for k in deco.keywords if k.arg}
+                name = _literal(deco.args[0]) if deco.args else kw.get("name", node.name.lower())
+                out.append(CatalogueEntry(name, kw.get("description", ""), kw.get("paper", ""), _init_defaults(node)))
+    return out
+
+
+def model_catalogue() -> list[CatalogueEntry]:
+    """The built-in detectors, sorted by name, read from `anomalens/models/**.py` (no torch import)."""
+    found = []
+    for path in sorted(MODELS_DIR.rglob("*.py")):
+        if "register_model(" in path.read_text(encoding="utf-8"):
+            found += _entries_in(path)
+    return sorted(found, key=lambda e: e.name)

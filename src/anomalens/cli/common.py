@@ -1,0 +1,146 @@
+"""What every command shares: one-line errors, consoles, `--set key=value` parsing, tables, overlays.
+
+Nothing here imports torch at module level: `anomalens --help` must start in well under a second.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import AnomalensError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1max": "I-F1max", "pixel_auroc": "P-AUROC",
+         "pixel_ap": "P-AP", "pixel_f1max": "P-F1max", "aupro": "AUPRO"}
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+SET_HELP = "model setting key=value (repeatable; see `anomalens models`)"
+RANDOM_INIT_TAG = " [yellow]\\[random-init backbone][/yellow]"
+
+
+def user_errors(fn):
+    """Turn user errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (AnomalensError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+def warn(message: str) -> None:
+    """One yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def calibrate_with_warnings(det, calib, fpr: float) -> None:
+    """`det.calibrate(calib, fpr)` with its warnings (e.g. too few images for the rate) as one console line each."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.calibrate(calib, fpr=fpr)
+    for w in caught:
+        warn(str(w.message))
+
+
+def parse_settings(items: Optional[List[str]]) -> dict:
+    """`key=value` pairs; values parsed as Python literals (numbers, None, lists), else kept as strings."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"setting {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def metrics_table(title: str, rows: dict[str, dict], random_init: bool = False) -> "Table":
+    """A rich table of per-category metrics (+ mean row)."""
+    from rich.table import Table
+
+    from ..metrics import ALL_KEYS
+
+    keys = [k for k in ALL_KEYS if any(k in r for r in rows.values())]
+    t = Table(title=title + (" [yellow](random-init backbone)[/yellow]" if random_init else ""))
+    t.add_column("category")
+    for k in keys:
+        t.add_column(SHORT.get(k, k), justify="right")
+    for cat, r in rows.items():
+        t.add_row(cat, *[("nan" if math.isnan(r.get(k, float("nan"))) else f"{r[k]:.3f}") for k in keys])
+    return t
+
+
+def write_overlays(pred, transform, out_dir: Path, limit: int = 0) -> list[Path]:
+    """Save image | heat-map overlay PNGs for a prediction; colour range shared across its images."""
+    import numpy as np
+
+    from ..data import as_dataset
+    from ..viz import save_overlay
+
+    if not pred.paths or pred.paths[0].startswith("<tensor"):  # in-memory images have no file to draw on
+        return []
+    vmin, vmax = float(np.min(pred.anomaly_maps)), float(np.max(pred.anomaly_maps))
+    ds = as_dataset(pred.paths, transform)
+    written = []
+    n = len(pred) if limit <= 0 else min(limit, len(pred))
+    for i in range(n):
+        img = transform.denormalize(ds[i].image).permute(1, 2, 0).numpy()
+        mask = pred.masks[i] if pred.masks is not None else None
+        name = "__".join(Path(pred.paths[i]).parts[-2:]).rsplit(".", 1)[0] + ".png"
+        written.append(save_overlay(out_dir / name, img, pred.anomaly_maps[i], vmin, vmax, mask, float(pred.image_scores[i])))
+    return written
+
+
+def split_holdout(ds, holdout: float, seed: int = 0):
+    """(train, calibration) split of a normal dataset; calibration is None when nothing is held out."""
+    import numpy as np
+
+    n = len(ds)
+    n_hold = int(round(n * holdout))
+    if holdout <= 0 or n_hold < 2 or n - n_hold < 1:  # one image cannot calibrate a threshold
+        return ds, None
+    perm = np.random.default_rng(seed).permutation(n)
+    return ds.subset(sorted(perm[n_hold:].tolist())), ds.subset(sorted(perm[:n_hold].tolist()))
+
+
+def open_dataset(root: Path, dataset: str, category: Optional[str], split: str):
+    """A dataset by kind: mvtec / visa (with --category) or a plain folder."""
+    from ..data import FolderDataset, MVTecAD, VisA
+
+    if dataset in ("mvtec", "visa"):
+        if category is None:
+            raise ValueError(f"--category is required for --dataset {dataset}")
+        return (MVTecAD if dataset == "mvtec" else VisA)(root, category, split)
+    if dataset == "folder":
+        return FolderDataset(root)
+    raise ValueError(f"unknown dataset kind {dataset!r}: use mvtec, visa or folder")
+
+
+def create_with_fallback(name: str, settings: dict):
+    """Build a model; if its pretrained weights cannot be had, fall back to random init and say so."""
+    import anomalens
+
+    try:
+        return anomalens.create(name, **settings).setup()  # resolves weights before any work starts
+    except anomalens.WeightsError as exc:
+        err_console.print(f"[yellow]warning:[/yellow] {exc}\n[yellow]continuing with a random-init backbone[/yellow]")
+        return anomalens.create(name, **dict(settings, weights=None))
