@@ -1,41 +1,12 @@
 """`anomalens train clipad ROOT --dataset visa -o DIR`: train CLIP-AD's SDP+ stage adapters (heavy imports inside)."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
-
-
-def _user_errors(fn):
-    """The shared CLI error wrapper when present (cli/common.py), else the same behaviour: one line, exit 2."""
-    try:
-        from .common import user_errors  # type: ignore[attr-defined]
-    except ImportError:
-        try:
-            from .app import user_errors  # type: ignore[no-redef]
-        except ImportError:  # pragma: no cover
-            user_errors = None
-    return user_errors(fn) if user_errors is not None else fn
-
-
-def _parse_settings(items: Optional[List[str]]) -> dict:
-    import ast
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"setting {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        out[key.strip().replace("-", "_")] = value
-    return out
+from .common import DEVICE_HELP, SET_HELP, console, parse_settings, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +14,7 @@ def register(app: typer.Typer) -> None:
     train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train the trainable parts of a model.")
 
     @train_app.command("clipad")
-    @_user_errors
+    @user_errors
     def clipad(
         root: Path = typer.Argument(..., help="root of the training dataset (its test split is used, as the paper does)"),
         out: Path = typer.Option(..., "--out", "-o", help="adapter directory to write (last/, best/, checkpoints/, training.json)"),
@@ -56,13 +27,11 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, help="batch size"),
         lr: float = typer.Option(1e-4, help="Adam learning rate"),
         seed: int = typer.Option(42, help="seed of the linear layers' init (and of the holdout draw)"),
-        setting: Optional[List[str]] = typer.Option(None, "--set", help="CLIP setting key=value (backbone, weights, ori_tap, ...)"),
+        setting: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + "; CLIP-AD's backbone, weights, ori_tap, rvs, ..."),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         resume: bool = typer.Option(False, help="continue from the last finished epoch in OUT/checkpoints"),
     ):
         """Train CLIP-AD SDP+ stage linears (frozen CLIP tokens cached once, focal + dice, Adam, per-epoch checkpoints)."""
-        from rich.console import Console
-
         import anomalens
         from anomalens.models.clipad.training import PAPER_SELECTION, train_adapters
 
@@ -71,8 +40,7 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"--dataset must be mvtec or visa, got {dataset!r}")
         report = train_adapters(root, out, dataset, categories=categories, val_root=val_root, val_dataset=val_dataset,
                                 val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                device=device, resume=resume, **_parse_settings(setting))
-        console = Console()
+                                device=device, resume=resume, **parse_settings(setting))
         for h in report["history"]:
             v = h.get("validation", {}).get("mean", {})
             extra = f"  val image AUROC {v['image_auroc']:.4f}  pixel AUROC {v['pixel_auroc']:.4f}" if v else ""

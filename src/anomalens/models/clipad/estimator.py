@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -67,23 +66,25 @@ class CLIPAD(Detector):
     min–max sum is `clipad_minmax_scores(prediction)`), both parts in `Prediction.components`."""
 
     zero_shot = True
+    setting_ranges = {"image_size": "[16, inf)", "stages": "[1, inf)", "sigma": "[0, inf)", "dbscan_eps": "(0, inf)",
+                      "dbscan_min_samples": "[1, inf)"}
 
     def __init__(
         self,
         class_name: str = "object",
-        variant: str = "sdp",
-        dataset: str = "mvtec",
+        variant: Literal["sdp", "sdp+"] = "sdp",
+        dataset: Literal["mvtec", "visa"] = "mvtec",
         backbone: str = "ViT-B-16-plus-240",
         weights: Optional[str] = "laion400m_e31",
         adapter: Optional[str] = None,
         image_size: int = 240,
         stages: int = 4,
-        ori_tap: str = "official",
-        rvs: str = "dbscan",
-        rvs_dtype: str = "float32",
+        ori_tap: Literal["official", "block_output"] = "official",
+        rvs: Literal["dbscan", "mean"] = "dbscan",
+        rvs_dtype: Literal["float32", "float16"] = "float32",
         dbscan_eps: Optional[float] = None,
         dbscan_min_samples: Optional[int] = None,
-        name_transform: Optional[str] = None,
+        name_transform: Optional[Literal["underscore_to_space", "readable"]] = None,
         sigma: Optional[float] = None,
         batch_size: int = 8,
         seed: int = 0,
@@ -263,6 +264,10 @@ class CLIPAD(Detector):
         p_abn = r["p_abn"]
         parts = {"p_abn": p_abn.double().cpu().numpy(), "map_max": map_max.double().cpu().numpy()}
         return parts["p_abn"] + parts["map_max"], amap.cpu().numpy(), parts
+
+    def evaluation_scores(self, prediction) -> np.ndarray:
+        """Evaluation-path hook: the paper's per-category min–max image score of `prediction` (one category's set)."""
+        return clipad_minmax_scores(prediction)
 
     def info(self) -> dict:
         out = super().info()
