@@ -269,7 +269,8 @@ def test_print_prediction_is_a_summary_and_calibrate_prints_nothing(synthetic_ro
     capsys.readouterr()
     model.calibrate(train.subset(range(4, 12)), fpr=0.2)
     assert capsys.readouterr() == ("", "")
-    assert repr(model) == "PatchCore(backbone='resnet18', weights=None, resize=72, crop=64, coreset_ratio=0.5, batch_size=4, device='cpu')"
+    assert repr(model) == ("PatchCore(backbone='resnet18', weights=None, geometry='paper', resize=72, crop=64, coreset_ratio=0.5, "
+                           "batch_size=4, device='cpu')")
     pred = model.predict(MVTecAD(synthetic_root, "weave", "test"))
     text = str(pred)
     assert "\n" not in text and "array" not in text and len(text) < 200
