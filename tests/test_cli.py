@@ -189,3 +189,27 @@ def test_fit_warns_on_a_small_calibration_set_and_records_it(tmp_path, synthetic
     r = runner.invoke(app, _fit_args(synthetic_root, tmp_path / "n", "--holdout", "0.1"))  # 12 images: 1 held out
     assert r.exit_code == 0 and "no threshold calibrated" in r.output
     assert json.loads((tmp_path / "n" / "config.json").read_text())["threshold"] is None
+
+
+def test_predict_overlays_show_the_whole_original_image_and_the_verdict(tmp_path, synthetic_root):
+    import numpy as np
+    from PIL import Image
+
+    from anomalens.viz import panel_size
+
+    model_dir = tmp_path / "model"
+    assert runner.invoke(app, _fit_args(synthetic_root, model_dir, "--holdout", "0")).exit_code == 0
+    src = np.asarray(Image.open(synthetic_root / "weave" / "test" / "hole" / "000.png"))[:, :200]  # 256 x 200: non-square
+    Image.fromarray(src).save(tmp_path / "wide.png")
+    pngs = {}
+    for thr in ("-1e9", "1e9"):
+        r = runner.invoke(app, ["predict", str(model_dir), str(tmp_path / "wide.png"), "-o", str(tmp_path / thr), "--threshold", thr])
+        assert r.exit_code == 0, r.output
+        (png,) = (tmp_path / thr / "overlays").glob("*.png")
+        pngs[thr] = np.asarray(Image.open(png).convert("RGB"))
+    ph, pw = panel_size(256, 200)
+    header = pngs["1e9"].shape[0] - ph
+    assert header > 0 and (ph, pw) == (256, 200)
+    assert np.array_equal(pngs["1e9"][header:, :pw], src)  # the whole original image, not the model's crop
+    assert not np.array_equal(pngs["1e9"][:header], pngs["-1e9"][:header])  # verdict shown
+    assert np.array_equal(pngs["1e9"][header:], pngs["-1e9"][header:])
