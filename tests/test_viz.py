@@ -78,3 +78,24 @@ def test_overlay_greys_what_the_model_did_not_see():
     out = overlay(img, amap, 0.0, 1.0)
     assert np.allclose(out[:, :10], out[:, :10, :1])  # grey: no heat colour where the map is NaN
     assert not np.allclose(out[:, 20], out[:, 20, :1])
+
+
+def test_random_init_overlays_say_so(tmp_path, monkeypatch):
+    from anomalens.cli.common import write_overlays
+    from anomalens.detector import Prediction
+    from anomalens.data import ImageTransform
+    from anomalens.viz import render_overlay
+    import anomalens.viz
+    from PIL import Image
+
+    img, amap = np.full((50, 80, 3), 0.5), np.zeros((50, 80))
+    assert not np.array_equal(render_overlay(img, amap, 0, 1, score=0.5, note="random-init backbone"),
+                              render_overlay(img, amap, 0, 1, score=0.5))
+    Image.fromarray(np.zeros((50, 80, 3), np.uint8)).save(tmp_path / "a.png")
+    seen = []
+    monkeypatch.setattr(anomalens.viz, "save_overlay", lambda *a: seen.append(a[-1]))
+    for flag in (True, False):
+        pred = Prediction(np.array([0.5]), np.zeros((1, 8, 8), np.float32), None, [str(tmp_path / "a.png")],
+                          info={"random_init": flag}, original_sizes=[(50, 80)], geometry=ImageTransform(8, None))
+        write_overlays(pred, None, tmp_path / "o")
+    assert seen == ["random-init backbone", ""]

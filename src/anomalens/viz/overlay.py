@@ -96,8 +96,9 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
 
 
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, mask: Optional[np.ndarray] = None,
-                   score: Optional[float] = None, threshold: Optional[float] = None) -> np.ndarray:
-    """(H', W', 3) uint8 canvas: header (score, verdict) over [image | overlay | colour bar with its range]."""
+                   score: Optional[float] = None, threshold: Optional[float] = None, note: str = "") -> np.ndarray:
+    """(H', W', 3) uint8 canvas: header (score, verdict, `note` e.g. 'random-init backbone') over
+    [image | overlay | colour bar with its range]."""
     img = np.asarray(image, dtype=np.float64)
     amap = np.asarray(anomaly_map, dtype=np.float64)
     if img.shape[:2] != amap.shape:
@@ -120,6 +121,7 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax
     x_bar = 2 * pw + 2 * GAP
     canvas[header:, x_bar : x_bar + bar_w] = (ramp * 255 + 0.5).astype(np.uint8)
     text, verdict = verdict_text(score, threshold)
+    text = f"{text}  [{note}]" if note and text else text
     if header:
         canvas[:header] = VERDICT_COLOURS[verdict]
     pil = Image.fromarray(canvas)
@@ -132,9 +134,10 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float,
-                 mask: Optional[np.ndarray] = None, score: Optional[float] = None, threshold: Optional[float] = None) -> Path:
+                 mask: Optional[np.ndarray] = None, score: Optional[float] = None, threshold: Optional[float] = None,
+                 note: str = "") -> Path:
     """Write `render_overlay(...)` as PNG (image and map at the image's original size); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(render_overlay(image, anomaly_map, vmin, vmax, mask, score, threshold)).save(path)
+    Image.fromarray(render_overlay(image, anomaly_map, vmin, vmax, mask, score, threshold, note)).save(path)
     return path
