@@ -343,6 +343,9 @@ class _BankStream:
             self.projected = torch.empty(n_images * h * w, width, dtype=torch.float32)  # the resident part
             self.shape = (d, h, w)
         start = self.store.n_rows
+        if start + rows.shape[0] > self.projected.shape[0]:  # images of another size (aspect kept, no crop): grow
+            more = max(rows.shape[0], self.projected.shape[0] // 2)
+            self.projected = torch.cat([self.projected, self.projected.new_empty(more, self.projected.shape[1])])
         self.store.append(rows.cpu().numpy())
         # project exactly what is stored, so selection sees the bank's own values
         self.projected[start : self.store.n_rows] = (rows.float() @ self.proj if self.proj is not None else rows.float()).cpu()
