@@ -38,10 +38,11 @@ def assets() -> Path:
 
 
 def tiny_patchcore(**kw):
-    """A fast random-init PatchCore for unit tests (ResNet-18, 64 px)."""
+    """A fast random-init PatchCore for unit tests (ResNet-18, 72 → 64 px crop whatever the data: geometry="paper")."""
     import anomalens
 
-    settings = dict(backbone="resnet18", weights=None, resize=72, crop=64, coreset_ratio=0.5, batch_size=4, device="cpu")
+    settings = dict(backbone="resnet18", weights=None, geometry="paper", resize=72, crop=64, coreset_ratio=0.5, batch_size=4,
+                    device="cpu")
     settings.update(kw)
     return anomalens.create("patchcore", **settings)
 

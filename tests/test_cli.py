@@ -189,3 +189,70 @@ def test_fit_warns_on_a_small_calibration_set_and_records_it(tmp_path, synthetic
     r = runner.invoke(app, _fit_args(synthetic_root, tmp_path / "n", "--holdout", "0.1"))  # 12 images: 1 held out
     assert r.exit_code == 0 and "no threshold calibrated" in r.output
     assert json.loads((tmp_path / "n" / "config.json").read_text())["threshold"] is None
+
+
+def test_predict_overlays_show_the_whole_original_image_and_the_verdict(tmp_path, synthetic_root):
+    import numpy as np
+    from PIL import Image
+
+    from anomalens.viz import panel_size
+
+    model_dir = tmp_path / "model"
+    assert runner.invoke(app, _fit_args(synthetic_root, model_dir, "--holdout", "0")).exit_code == 0
+    src = np.asarray(Image.open(synthetic_root / "weave" / "test" / "hole" / "000.png"))[:, :200]  # 256 x 200: non-square
+    Image.fromarray(src).save(tmp_path / "wide.png")
+    pngs = {}
+    for thr in ("-1e9", "1e9"):
+        r = runner.invoke(app, ["predict", str(model_dir), str(tmp_path / "wide.png"), "-o", str(tmp_path / thr), "--threshold", thr])
+        assert r.exit_code == 0, r.output
+        (png,) = (tmp_path / thr / "overlays").glob("*.png")
+        pngs[thr] = np.asarray(Image.open(png).convert("RGB"))
+    ph, pw = panel_size(256, 200)
+    header = pngs["1e9"].shape[0] - ph
+    assert header > 0 and (ph, pw) == (256, 200)
+    assert np.array_equal(pngs["1e9"][header:, :pw], src)  # the whole original image, not the model's crop
+    assert not np.array_equal(pngs["1e9"][:header], pngs["-1e9"][:header])  # verdict shown
+    assert np.array_equal(pngs["1e9"][header:], pngs["-1e9"][header:])
+
+
+def test_fit_refuses_bad_training_data_naming_the_file(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((32, 48, 3), 90 + i, np.uint8)).save(good / f"{i}.png")
+    (good / "broken.png").write_bytes(b"\x89PNG not really")
+    r = runner.invoke(app, ["fit", str(good), "-o", str(tmp_path / "m"), "--device", "cpu", *TINY])
+    assert r.exit_code == 2 and "broken.png" in r.output and "Traceback" not in r.output
+    (good / "broken.png").unlink()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(good / "dot.png")
+    r = runner.invoke(app, ["fit", str(good), "-o", str(tmp_path / "m"), "--device", "cpu", *TINY])
+    assert r.exit_code == 2 and "dot.png" in r.output and "too small" in r.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_random_init_is_labelled_in_every_output(tmp_path, synthetic_root):
+    """fit's line and config.json, predict's CSV/JSON and summary, evaluate's metrics.json/csv and table, the demo's."""
+    model_dir = tmp_path / "model"
+    r = runner.invoke(app, _fit_args(synthetic_root, model_dir))
+    assert r.exit_code == 0 and "random-init" in r.output
+    assert json.loads((model_dir / "config.json").read_text())["random_init"] is True
+    imgs = str(synthetic_root / "weave" / "test" / "hole")
+    r = runner.invoke(app, ["predict", str(model_dir), imgs, "-o", str(tmp_path / "p"), "--no-overlays"])
+    assert r.exit_code == 0 and "random-init" in r.output
+    assert all(row["random_init"] == "True" for row in csv.DictReader(open(tmp_path / "p" / "predictions.csv")))
+    r = runner.invoke(app, ["predict", str(model_dir), imgs, "-o", str(tmp_path / "j"), "--no-overlays", "--format", "json"])
+    assert json.loads((tmp_path / "j" / "predictions.json").read_text())["info"]["random_init"] is True
+    r = runner.invoke(app, ["evaluate", str(synthetic_root), "--category", "disc", "-o", str(tmp_path / "e"), "--shots", "4",
+                            "--device", "cpu", *TINY])
+    assert r.exit_code == 0 and "random-init" in r.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["random_init"] is True
+    rows = list(csv.DictReader(open(tmp_path / "e" / "metrics.csv")))
+    assert rows and all(row["random_init"] == "True" for row in rows)
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--category", "disc", "--n-train", "6", "--device", "cpu",
+                            "--random-init"])
+    assert r.exit_code == 0 and "random-init" in r.output
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert m["random_init"] is True and m["per_category"]["disc"]["info"]["random_init"] is True

@@ -253,3 +253,37 @@ def test_few_shot_sample_is_seeded_subset(tmp_path):
     assert c.paths == sorted(c.paths)
     with pytest.raises(DataError, match="cannot draw 7"):
         ds.sample(7)
+
+
+# ---- issue 10: folders as they come ------------------------------------------------------------------------------
+@pytest.mark.parametrize("hw", [(1, 1), (5, 300)])
+def test_tiny_image_is_a_clear_error_naming_the_file(tmp_path, hw):
+    p = _png(tmp_path / "dot.png", np.zeros((*hw, 3), np.uint8))
+    with pytest.raises(DataError, match=r"too small.*dot.png"):
+        load_image(p)
+    with pytest.raises(DataError, match="dot.png"):
+        ImagePaths(p)[0]
+
+
+def test_batches_of_mixed_sizes_keep_order_and_split_where_size_changes(tmp_path):
+    from anomalens.data import iter_batches
+
+    sizes = [(32, 48), (32, 48), (40, 40), (32, 48), (32, 48), (32, 48)]
+    paths = [_png(tmp_path / f"{i}.png", np.full((*hw, 3), i * 10, np.uint8)) for i, hw in enumerate(sizes)]
+    t = ImageTransform(resize=None, crop=None, mean=(0, 0, 0), std=(1, 1, 1))
+    batches = list(iter_batches([str(p) for p in paths], t, batch_size=2))
+    assert [b[0].shape[0] for b in batches] == [2, 1, 2, 1]
+    flat = [s for b in batches for s in b[2]]
+    assert [s.path for s in flat] == [str(p) for p in paths] and [s.size for s in flat] == sizes
+    assert all(tuple(b[0].shape[-2:]) == b[2][0].size for b in batches)
+
+
+def test_map_to_original_inverts_resize_and_crop():
+    t = ImageTransform(resize=8, crop=None)
+    amap = np.arange(64, dtype=np.float32).reshape(8, 8)
+    assert np.array_equal(t.map_to_original(amap, (8, 8)), amap)  # identity geometry: the map itself
+    assert t.map_to_original(amap, (16, 32)).shape == (16, 32)
+    crop = ImageTransform(resize=10, crop=8)  # 20x20 -> 10x10 -> centre 8x8 at (1, 1): preimage [2, 18)
+    full = crop.map_to_original(np.ones((8, 8), np.float32), (20, 20))
+    seen = ~np.isnan(full)
+    assert seen[2:18, 2:18].all() and seen.sum() == 16 * 16

@@ -269,7 +269,8 @@ def test_print_prediction_is_a_summary_and_calibrate_prints_nothing(synthetic_ro
     capsys.readouterr()
     model.calibrate(train.subset(range(4, 12)), fpr=0.2)
     assert capsys.readouterr() == ("", "")
-    assert repr(model) == "PatchCore(backbone='resnet18', weights=None, resize=72, crop=64, coreset_ratio=0.5, batch_size=4, device='cpu')"
+    assert repr(model) == ("PatchCore(backbone='resnet18', weights=None, geometry='paper', resize=72, crop=64, coreset_ratio=0.5, "
+                           "batch_size=4, device='cpu')")
     pred = model.predict(MVTecAD(synthetic_root, "weave", "test"))
     text = str(pred)
     assert "\n" not in text and "array" not in text and len(text) < 200
@@ -278,3 +279,21 @@ def test_print_prediction_is_a_summary_and_calibrate_prints_nothing(synthetic_ro
     assert f"{pred.image_scores.min():.4g}" in text and "random-init" in text
     print(pred)
     assert capsys.readouterr().out.strip() == text
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("patchcore", dict(backbone="resnet18", weights=None, resize=64, coreset_ratio=0.5)),  # default geometry: whole image
+    ("patchcore", dict(backbone="resnet18", weights=None, resize=64, geometry="paper", crop=None)),  # aspect kept: sizes differ
+    ("musc", dict(backbone="ViT-S-16", weights=None, image_size=96)),
+])
+def test_every_model_fits_and_scores_a_folder_of_mixed_sizes(tmp_path, name, settings):
+    from PIL import Image
+
+    sizes = [(64, 64), (48, 96), (80, 60), (48, 96), (64, 64)]
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    model = anomalens.create(name, device="cpu", batch_size=2, **settings).fit(str(tmp_path))
+    pred = model.predict(str(tmp_path))
+    assert pred.image_scores.shape == (5,) and np.isfinite(pred.image_scores).all() and np.isfinite(pred.anomaly_maps).all()
+    assert [m.shape for m in pred.maps_at_original_size()] == sizes

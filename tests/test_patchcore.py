@@ -129,7 +129,7 @@ def test_deterministic_under_seed():
 
 
 def test_bad_settings_are_clear_errors():
-    with pytest.raises(ValueError, match="coreset ratio"):
+    with pytest.raises(ValueError, match="coreset.ratio"):  # now at creation, naming the setting
         tiny_patchcore(coreset_ratio=0).fit(_images(1))
     with pytest.raises(ValueError, match="distance"):
         tiny_patchcore(distance="cosine").fit(_images(1))
@@ -198,3 +198,68 @@ def test_few_shot_fit_with_one_image(synthetic_root):
     assert model.memory_bank_.shape[0] == int(0.5 * 64)  # 1 image × 8×8 patches × 50 %
     test = MVTecAD(synthetic_root, "disc", "test")
     assert len(model.predict(test).image_scores) == len(test)
+
+
+# ---- issue 10: no pixel silently ignored -----------------------------------------------------------------------
+def _tile(rng, h=80, w=200):
+    """A grey non-square 'tile': soft stripes and sensor noise (float RGB in [0, 1])."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 0.5 + 0.12 * np.sin(2 * np.pi * (x + rng.uniform(0, 12)) / 12.0) + rng.normal(0, 0.02, (h, w))
+    return np.repeat(base[..., None], 3, axis=2).clip(0, 1)
+
+
+def _write_png(path, arr):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((arr * 255 + 0.5).astype(np.uint8)).save(path)
+    return path
+
+
+def test_border_defect_of_a_non_square_image_is_found_with_default_geometry(tmp_path):
+    """A defect in the outer tenth of an 80×200 image lies outside the paper's centre crop: with the default geometry
+    (whole image for a user's folder) fit + predict must score it above every normal image and put its map's maximum on it."""
+    from typer.testing import CliRunner
+
+    from anomalens.cli import app
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        _write_png(tmp_path / "good" / f"{i}.png", _tile(rng))
+    tests = [_write_png(tmp_path / "test" / f"ok{i}.png", _tile(rng)) for i in range(4)]
+    bad = _tile(rng)
+    bad[24:56, 183:197] = 0.02  # dark blob wholly in the outer tenth (x >= 180)
+    tests.append(_write_png(tmp_path / "test" / "bad.png", bad))
+    r = CliRunner().invoke(app, ["fit", str(tmp_path / "good"), "-o", str(tmp_path / "m"), "--holdout", "0", "--device", "cpu",
+                                 "--set", "backbone=resnet18", "--set", "weights=None", "--set", "resize=96",
+                                 "--set", "crop=84"])  # with geometry="paper" this defect scores 3.67 < 3.73 (a normal)
+    assert r.exit_code == 0, r.output
+    model = anomalens.load(tmp_path / "m")
+    assert model.geometry == "auto" and model.geometry_ == "whole"  # resolved at fit, saved with the model
+    pred = model.predict([str(p) for p in tests])
+    assert pred.image_scores[-1] > pred.image_scores[:-1].max()
+    full = pred.map_at_original_size(len(tests) - 1)
+    assert full.shape == (80, 200) and not np.isnan(full).any()
+    y, x = np.unravel_index(np.argmax(full), full.shape)
+    assert 183 - 12 <= x < 200 and 24 - 12 <= y < 56 + 12, (y, x)
+
+
+def test_paper_geometry_stays_exact_for_benchmarks_and_maps_undo_it(synthetic_root):
+    from anomalens.data import MVTecAD
+
+    model = tiny_patchcore(geometry="auto").fit(MVTecAD(synthetic_root, "disc", "train").subset(range(3)))
+    assert model.geometry_ == "paper" and model.transform.resize == 72 and model.transform.crop == 64  # the spec's recipe
+    spec = anomalens.create("patchcore")
+    assert (spec.resize, spec.crop, spec.geometry) == (256, 224, "auto")
+    whole = tiny_patchcore(geometry="auto").fit(torch.rand(3, 3, 40, 100))
+    assert whole.geometry_ == "whole" and whole.transform.resize == (72, 72) and whole.transform.crop is None
+    # paper geometry on a 100 x 40 image: the map covers the crop's preimage, NaN elsewhere
+    pred = model.predict(torch.rand(1, 3, 40, 100))
+    full = pred.map_at_original_size(0)
+    assert full.shape == (40, 100)
+    # resize 40x100 -> 72x180, crop 64 at (4, 58): preimage rows 4/1.8..68/1.8 -> [2, 38), cols 58/1.8..122/1.8 -> [32, 68)
+    rows, cols = np.where(~np.isnan(full))
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (2, 37, 32, 67) and (~np.isnan(full)).sum() == 36 * 36
+    ref = torch.nn.functional.interpolate(torch.from_numpy(pred.anomaly_maps[:1, None]), size=(36, 36), mode="bilinear",
+                                          align_corners=False)[0, 0].numpy()
+    assert np.allclose(full[2:38, 32:68], ref, atol=1e-5)

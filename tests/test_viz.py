@@ -25,6 +25,77 @@ def test_overlay_draws_contour_on_mask_border(tmp_path):
     p = save_overlay(tmp_path / "o.png", img, amap, 0.0, 1.0, mask, 0.3)
     from PIL import Image
 
-    assert Image.open(p).size == (32 * 2 + 4, 32)
+    assert Image.open(p).size[0] > 2 * 32 and Image.open(p).size[1] > 32
     with pytest.raises(ValueError, match="differ"):
         overlay(img, np.zeros((8, 8)), 0, 1)
+
+
+# ---- issue 10: overlays a person can act on ---------------------------------------------------------------------
+def _layout(png_shape, img_hw):
+    """(header height, panel h, panel w) of a rendered overlay of an image of img_hw."""
+    from anomalens.viz import panel_size
+
+    ph, pw = panel_size(*img_hw)
+    return png_shape[0] - ph, ph, pw
+
+
+@pytest.mark.parametrize("hw", [(40, 100), (90, 30), (1500, 600)])
+def test_overlay_shows_the_whole_image_at_its_aspect_ratio(hw):
+    from anomalens.viz import render_overlay
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, (*hw, 3))
+    canvas = render_overlay(img, rng.uniform(0, 1, hw), 0.0, 1.0, score=0.7, threshold=0.5)
+    header, ph, pw = _layout(canvas.shape, hw)
+    assert header > 0 and abs(ph / pw - hw[0] / hw[1]) < 0.01  # same aspect as the original
+    if ph % hw[0] == 0:  # enlarged by a whole factor: the left panel is the original, pixel for pixel
+        k = ph // hw[0]
+        expect = (img * 255 + 0.5).astype(np.uint8).repeat(k, 0).repeat(k, 1)
+        assert np.array_equal(canvas[header:, :pw], expect)
+    assert canvas.shape[1] > 2 * pw  # image | overlay | colour bar
+
+
+def test_overlay_verdict_and_colour_bar_are_drawn():
+    from anomalens.viz import render_overlay, verdict_text
+
+    img, amap = np.full((50, 80, 3), 0.5), np.linspace(0, 1, 80)[None].repeat(50, 0)
+    anomalous = render_overlay(img, amap, 0.0, 1.0, score=0.7, threshold=0.5)
+    normal = render_overlay(img, amap, 0.0, 1.0, score=0.7, threshold=0.9)
+    unset = render_overlay(img, amap, 0.0, 1.0, score=0.7)
+    header, ph, pw = _layout(anomalous.shape, (50, 80))
+    assert not np.array_equal(anomalous[:header], normal[:header]) and not np.array_equal(normal[:header], unset[:header])
+    assert np.array_equal(anomalous[header:, : 2 * pw], normal[header:, : 2 * pw])  # only the verdict differs
+    r, g = anomalous[header // 2, 2 * pw].astype(int)[:2], normal[header // 2, 2 * pw].astype(int)[:2]
+    assert r[0] > r[1] and g[1] > g[0]  # red header when anomalous, green when normal
+    assert verdict_text(0.7, 0.5)[1] is True and verdict_text(0.5, 0.5)[1] is False and verdict_text(0.5, None)[1] is None
+    bar = anomalous[header + 1 : -1, 2 * pw + 8 + 2].astype(int)  # the colour bar: red (high) at the top, blue at the bottom
+    assert bar[0, 0] > bar[0, 2] and bar[-1, 2] > bar[-1, 0]
+
+
+def test_overlay_greys_what_the_model_did_not_see():
+    img, amap = np.full((20, 40, 3), 0.8), np.full((20, 40), 1.0)
+    amap[:, :10] = np.nan
+    out = overlay(img, amap, 0.0, 1.0)
+    assert np.allclose(out[:, :10], out[:, :10, :1])  # grey: no heat colour where the map is NaN
+    assert not np.allclose(out[:, 20], out[:, 20, :1])
+
+
+def test_random_init_overlays_say_so(tmp_path, monkeypatch):
+    from anomalens.cli.common import write_overlays
+    from anomalens.detector import Prediction
+    from anomalens.data import ImageTransform
+    from anomalens.viz import render_overlay
+    import anomalens.viz
+    from PIL import Image
+
+    img, amap = np.full((50, 80, 3), 0.5), np.zeros((50, 80))
+    assert not np.array_equal(render_overlay(img, amap, 0, 1, score=0.5, note="random-init backbone"),
+                              render_overlay(img, amap, 0, 1, score=0.5))
+    Image.fromarray(np.zeros((50, 80, 3), np.uint8)).save(tmp_path / "a.png")
+    seen = []
+    monkeypatch.setattr(anomalens.viz, "save_overlay", lambda *a: seen.append(a[-1]))
+    for flag in (True, False):
+        pred = Prediction(np.array([0.5]), np.zeros((1, 8, 8), np.float32), None, [str(tmp_path / "a.png")],
+                          info={"random_init": flag}, original_sizes=[(50, 80)], geometry=ImageTransform(8, None))
+        write_overlays(pred, None, tmp_path / "o")
+    assert seen == ["random-init backbone", ""]

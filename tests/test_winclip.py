@@ -147,3 +147,21 @@ def test_non_square_image_is_tiled_end_to_end(model):
     assert model.tiles(model.transform.image(x[0])[None]) == [(0, 0), (0, 64)]
     pred = model.predict(x)
     assert pred.anomaly_maps.shape == (1, 96, 160) and np.isfinite(pred.anomaly_maps).all()
+
+
+def test_folder_of_mixed_image_sizes_scores_every_image(model, tmp_path):
+    """WinCLIP keeps each image's aspect (square tiles), so a folder of mixed sizes gives batches of different shapes."""
+    from PIL import Image
+
+    sizes = [(96, 96), (80, 160), (120, 90), (80, 160)]
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    pred = model.predict(str(tmp_path))
+    assert pred.image_scores.shape == (4,) and np.isfinite(pred.image_scores).all()
+    assert pred.anomaly_maps.shape[0] == 4 and np.isfinite(pred.anomaly_maps).all()
+    assert [pred.map_at_original_size(i).shape for i in range(4)] == sizes
+    alone = model.predict(str(tmp_path / "2.png"))  # the same image scored alone gives the same score
+    assert alone.image_scores[0] == pytest.approx(pred.image_scores[2], rel=1e-5)
+    plus = anomalens.create("winclip", backbone="ViT-S-16", weights=None, image_size=96, device="cpu", k_shot=2).fit(str(tmp_path))
+    assert np.isfinite(plus.predict(str(tmp_path)).image_scores).all()

@@ -49,6 +49,26 @@ class Prediction:
     info: dict = field(default_factory=dict)
     components: dict[str, np.ndarray] = field(default_factory=dict)
     threshold: Optional[float] = None
+    original_sizes: Optional[list] = None
+    geometry: Optional[ImageTransform] = None
+
+    def map_at_original_size(self, i: int) -> np.ndarray:
+        """Anomaly map of image i over the image as stored, (H, W) float32: the geometry undone (bilinear), NaN where
+        the model saw nothing (outside a centre crop). For overlays and exports; metrics use `anomaly_maps`."""
+        if self.original_sizes is None or self.geometry is None:
+            raise ValueError("this Prediction does not know its images' original sizes")
+        return self.geometry.map_to_original(self.anomaly_maps[i], self.original_sizes[i])
+
+    def maps_at_original_size(self) -> list[np.ndarray]:
+        """Every image's anomaly map at its original size (a list: sizes may differ), see `map_at_original_size`."""
+        return [self.map_at_original_size(i) for i in range(len(self))]
+
+    def mask_at_original_size(self, i: int) -> Optional[np.ndarray]:
+        """Ground-truth mask of image i over the image as stored (nearest; False outside the model's view), or None."""
+        if self.masks is None or self.original_sizes is None or self.geometry is None:
+            return None
+        m = self.geometry.map_to_original(self.masks[i].astype(np.float32), self.original_sizes[i], mode="nearest")
+        return np.nan_to_num(m, nan=0.0) > 0.5
 
     def __len__(self) -> int:
         return len(self.image_scores)
@@ -152,7 +172,9 @@ class Detector:
                 raise ValueError(f"{type(self).__name__}.fit needs normal images (a dataset, folder, paths or tensor batch)")
             self._fit(None)
         else:
-            self._fit(as_dataset(data, self.transform))
+            ds = as_dataset(data)
+            self._resolve_for(ds)
+            self._fit(ds.with_transform(self.transform))
         self.fitted_ = True
         self.threshold_ = None
         return self
@@ -160,11 +182,14 @@ class Detector:
     def _fit(self, dataset: Optional[ImageDataset]) -> None:
         raise NotImplementedError
 
+    def _resolve_for(self, dataset: ImageDataset) -> None:
+        """Settings that depend on the training data (e.g. PatchCore's geometry="auto"), fixed before `_fit`."""
+
     def predict(self, data: DataLike) -> Prediction:
         """Score images: image scores, anomaly maps, and labels when a threshold is set."""
         self._check_fitted("predict")
         ds = as_dataset(data, self.transform)
-        scores, maps, masks, paths, parts = [], [], [], [], []
+        scores, maps, masks, paths, parts, sizes = [], [], [], [], [], []
         for images, batch_masks, samples in self._batches(ds, f"{self.name}: scoring"):
             out = self._predict_batch(images)  # (scores, maps) or (scores, maps, {name: (B,) array})
             scores.append(np.asarray(out[0], dtype=np.float64))
@@ -172,8 +197,10 @@ class Detector:
             parts.append(out[2] if len(out) > 2 else {})
             masks.append(batch_masks)
             paths += [smp.path for smp in samples]
+            sizes += [smp.size for smp in samples]
+        maps, masks = _one_size(maps, masks)
         image_scores, anomaly_maps = self._postprocess(np.concatenate(scores), np.concatenate(maps))
-        pred = self._prediction(ds, image_scores, anomaly_maps, masks, paths)
+        pred = self._prediction(ds, image_scores, anomaly_maps, masks, paths, sizes)
         names = set(parts[0]) if parts else set()
         if names and all(set(p) == names for p in parts):
             pred.components = {k: np.concatenate([np.asarray(p[k], dtype=np.float64) for p in parts]) for k in sorted(names)}
@@ -183,8 +210,12 @@ class Detector:
         """(images, masks, samples) batches of `ds` through this model's transform."""
         return iter_batches(ds, self.transform, self.batch_size_for_predict, description=description)
 
-    def _prediction(self, ds: ImageDataset, image_scores: np.ndarray, anomaly_maps: np.ndarray, masks: list, paths: list[str]) -> Prediction:
-        """Assemble a Prediction: labels from the threshold, ground truth carried over when the dataset has it."""
+    def _prediction(self, ds: ImageDataset, image_scores: np.ndarray, anomaly_maps: np.ndarray, masks: list, paths: list[str],
+                    sizes: Optional[list] = None) -> Prediction:
+        """Assemble a Prediction: labels from the threshold, ground truth carried over when the dataset has it, each
+        image's original size and the geometry that maps it to the model's input (for maps at original size)."""
+        if sizes is None or len(sizes) != len(image_scores) or any(sz is None for sz in sizes):
+            sizes = [ds.original_size(i) for i in range(len(ds))] if len(ds) == len(image_scores) else None
         threshold = getattr(self, "threshold_", None)
         labels = image_scores > threshold if threshold is not None else None
         gt = ds.labels if ds.has_labels else None
@@ -192,7 +223,8 @@ class Detector:
         if ds.has_masks and all(m is not None for m in masks):
             gt_masks = np.concatenate([m.numpy() for m in masks])
         return Prediction(image_scores, anomaly_maps.astype(np.float32, copy=False), labels, paths, gt, gt_masks, self.info(),
-                          threshold=None if threshold is None else float(threshold))
+                          threshold=None if threshold is None else float(threshold), original_sizes=sizes,
+                          geometry=self.transform)
 
     @property
     def batch_size_for_predict(self) -> int:
@@ -371,6 +403,24 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     model.threshold_ = config.get("threshold")
     model.calibration_ = config.get("calibration")
     return model
+
+
+def _one_size(maps: list[np.ndarray], masks: list) -> tuple[list[np.ndarray], list]:
+    """Batches of different sizes (a folder of mixed images) resized to the first batch's map size, so the
+    prediction holds one (N, H, W) array; `Prediction.map_at_original_size` gives each image's own geometry."""
+    from .data import resize_map
+
+    size = maps[0].shape[-2:]
+    out_maps, out_masks = [], []
+    for m, k in zip(maps, masks):
+        if m.shape[-2:] != size:
+            flat = torch.from_numpy(np.ascontiguousarray(m)).reshape(-1, *m.shape[-2:])
+            m = resize_map(flat, tuple(size)).reshape(*m.shape[:-2], *size).numpy()
+            if k is not None:
+                k = torch.nn.functional.interpolate(k[:, None].float(), size=tuple(size), mode="nearest")[:, 0] > 0.5
+        out_maps.append(m)
+        out_masks.append(k)
+    return out_maps, out_masks
 
 
 def _jsonable(v: Any) -> Any:

@@ -89,24 +89,27 @@ def metrics_table(title: str, rows: dict[str, dict], random_init: bool = False) 
     return t
 
 
-def write_overlays(pred, transform, out_dir: Path, limit: int = 0) -> list[Path]:
-    """Save image | heat-map overlay PNGs for a prediction; colour range shared across its images."""
+def write_overlays(pred, transform=None, out_dir: Path = Path("overlays"), limit: int = 0) -> list[Path]:
+    """Save one overlay PNG per image: the whole original image, its heat map at the original size (grey where the
+    model saw nothing), score, verdict against the threshold, a random-init note when it applies, and a colour bar;
+    colour range shared across images.
+    `transform` is unused (the prediction knows its geometry); kept for callers that pass it."""
     import numpy as np
 
-    from ..data import as_dataset
+    from ..data import load_image
     from ..viz import save_overlay
 
     if not pred.paths or pred.paths[0].startswith("<tensor"):  # in-memory images have no file to draw on
         return []
-    vmin, vmax = float(np.min(pred.anomaly_maps)), float(np.max(pred.anomaly_maps))
-    ds = as_dataset(pred.paths, transform)
+    vmin, vmax = float(np.nanmin(pred.anomaly_maps)), float(np.nanmax(pred.anomaly_maps))
+    note = "random-init backbone" if pred.info.get("random_init") else ""
     written = []
     n = len(pred) if limit <= 0 else min(limit, len(pred))
     for i in range(n):
-        img = transform.denormalize(ds[i].image).permute(1, 2, 0).numpy()
-        mask = pred.masks[i] if pred.masks is not None else None
+        img = np.asarray(load_image(pred.paths[i]), dtype=np.float32) / 255.0
         name = "__".join(Path(pred.paths[i]).parts[-2:]).rsplit(".", 1)[0] + ".png"
-        written.append(save_overlay(out_dir / name, img, pred.anomaly_maps[i], vmin, vmax, mask, float(pred.image_scores[i])))
+        written.append(save_overlay(out_dir / name, img, pred.map_at_original_size(i), vmin, vmax, pred.mask_at_original_size(i),
+                                    float(pred.image_scores[i]), pred.threshold, note))
     return written
 
 

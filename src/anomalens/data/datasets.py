@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .image_io import is_image_file, load_image, load_mask
+from .image_io import image_size, is_image_file, load_image, load_mask
 from .sample import Sample, SampleRecord
 from .transforms import ImageTransform
 
@@ -123,7 +123,12 @@ class ImageDataset(Sequence[Sample]):
         t = self.transform or ImageTransform(resize=None, crop=None, mean=(0, 0, 0), std=(1, 1, 1))
         image = t.image(img)
         mask = t.mask(mask_arr) if mask_arr is not None else None
-        return Sample(image, mask, rec.label, rec.path, rec.category, rec.defect_type)
+        return Sample(image, mask, rec.label, rec.path, rec.category, rec.defect_type, (img.height, img.width))
+
+    def original_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of image `index` as stored, read from the file header only."""
+        w, h = image_size(self.records[index].path)
+        return h, w
 
 
 class MVTecAD(ImageDataset):
@@ -329,7 +334,11 @@ class TensorDataset(ImageDataset):
     def load(self, rec: SampleRecord) -> Sample:
         i = int(rec.path[len("<tensor:") : -1])
         t = self.transform or ImageTransform(resize=None, crop=None, mean=(0, 0, 0), std=(1, 1, 1))
-        return Sample(t.image(self.images[i]), None, rec.label, rec.path)
+        return Sample(t.image(self.images[i]), None, rec.label, rec.path, size=tuple(int(v) for v in self.images[i].shape[-2:]))
+
+    def original_size(self, index: int) -> tuple[int, int]:
+        i = int(self.records[index].path[len("<tensor:") : -1])
+        return tuple(int(v) for v in self.images[i].shape[-2:])  # type: ignore[return-value]
 
 
 DataLike = Union[ImageDataset, PathLike, Sequence[PathLike], torch.Tensor]

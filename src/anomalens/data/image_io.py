@@ -10,6 +10,8 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: smaller images hold no inspectable detail (a 1×1 "image" is usually a broken export): a clear error, not a score
+MIN_IMAGE_SIDE = 8
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -60,6 +62,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     img = img.convert("RGB")
     if img.width < 1 or img.height < 1:
         raise DataError(f"empty image (0 pixels): {path}")
+    if min(img.width, img.height) < MIN_IMAGE_SIDE:
+        raise DataError(f"image too small to inspect ({img.width}x{img.height} px; at least {MIN_IMAGE_SIDE} px a side): {path}")
     return img
 
 

@@ -19,7 +19,22 @@ def iter_batches(
     num_workers: int = 0,
     description: str = "loading",
 ) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], list[Sample]]]:
-    """Yield (images (B,3,H,W), masks (B,H,W) or None, samples) in dataset order."""
+    """Yield (images (B,3,H,W), masks (B,H,W) or None, samples) in dataset order.
+
+    A folder as it comes may mix image sizes: when a transform keeps them apart (aspect-preserving resize, no crop),
+    a batch ends where the size changes, so every batch is one size and the order is kept.
+    """
     ds: ImageDataset = as_dataset(data, transform)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    yield from track(loader, description, total=len(loader))
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity)
+    pending: list[Sample] = []
+    for sample in track(loader, description, total=len(ds)):
+        if pending and (len(pending) >= batch_size or sample.image.shape != pending[0].image.shape):
+            yield collate(pending)
+            pending = []
+        pending.append(sample)
+    if pending:
+        yield collate(pending)
+
+
+def _identity(sample: Sample) -> Sample:
+    return sample

@@ -20,7 +20,8 @@ class SampleRecord:
 
 @dataclass
 class Sample:
-    """A loaded sample: image (3, H, W) float tensor, mask (H, W) bool tensor or None, label and provenance."""
+    """A loaded sample: image (3, h, w) float tensor, mask (h, w) bool tensor or None, label and provenance;
+    size = (H, W) of the image as stored, before the transform."""
 
     image: torch.Tensor
     mask: Optional[torch.Tensor]
@@ -28,3 +29,4 @@ class Sample:
     path: str
     category: str = ""
     defect_type: str = "good"
+    size: Optional[tuple[int, int]] = None

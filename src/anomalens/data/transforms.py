@@ -85,11 +85,59 @@ class ImageTransform:
         m = self._geometry(m, InterpolationMode.NEAREST, antialias=False)
         return m[0] > 0.5
 
+    def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) after the resize step for an input of `size` (torchvision's shorter-side rule)."""
+        h, w = size
+        if self.resize is None:
+            return h, w
+        if isinstance(self.resize, tuple):
+            return self.resize  # type: ignore[return-value]
+        s = int(self.resize)
+        if h <= w:
+            return s, int(s * w / h)
+        return int(s * h / w), s
+
+    def footprint(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """(top, left, bottom, right) in original pixel coordinates of what the model sees of an image of `size`
+        (the whole image without a crop; the centre crop's preimage with one)."""
+        H, W = size
+        h1, w1 = self.resized_size(size)
+        if self.crop is None:
+            return 0.0, 0.0, float(H), float(W)
+        c = int(self.crop)
+        top, left = int(round((h1 - c) / 2.0)), int(round((w1 - c) / 2.0))  # as torchvision's center_crop
+        sy, sx = H / h1, W / w1
+        return top * sy, left * sx, (top + c) * sy, (left + c) * sx
+
+    def map_to_original(self, amap: Union[np.ndarray, torch.Tensor], size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+        """Undo the geometry of a (h, w) map made at model resolution: an (H, W) float32 map over the original image,
+        NaN where the model saw nothing (outside a centre crop)."""
+        H, W = int(size[0]), int(size[1])
+        m = torch.as_tensor(np.asarray(amap, dtype=np.float32))
+        top, left, bottom, right = (int(round(v)) for v in self.footprint((H, W)))
+        if (top, left, bottom, right) == (0, 0, H, W):
+            return _interp(m, (H, W), mode)
+        out = np.full((H, W), np.nan, dtype=np.float32)
+        if bottom - top < 1 or right - left < 1:
+            return out
+        region = _interp(m, (bottom - top, right - left), mode)
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(bottom, H), min(right, W)
+        out[y0:y1, x0:x1] = region[y0 - top : y1 - top, x0 - left : x1 - left]
+        return out
+
     def denormalize(self, t: torch.Tensor) -> torch.Tensor:
         """Inverse of the normalisation, clamped to [0, 1] (for overlays)."""
         mean = torch.tensor(self.mean, dtype=t.dtype, device=t.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=t.dtype, device=t.device).view(-1, 1, 1)
         return (t * std + mean).clamp(0.0, 1.0)
+
+
+def _interp(m: torch.Tensor, size: tuple[int, int], mode: str) -> np.ndarray:
+    if tuple(m.shape) == tuple(size):
+        return m.numpy().copy()
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(m[None, None], size=size, mode=mode, **kw)[0, 0].numpy()
 
 
 def resize_map(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", align_corners: bool = False) -> torch.Tensor:

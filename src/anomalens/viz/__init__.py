@@ -1,4 +1,4 @@
-"""Overlays: anomaly heat map over the image, ground-truth contour when given."""
-from .overlay import colorize, overlay, save_overlay
+"""Overlays: the whole image, its heat map, score, verdict and colour bar; ground-truth contour when given."""
+from .overlay import colorize, overlay, panel_size, render_overlay, save_overlay, verdict_text
 
-__all__ = ["colorize", "overlay", "save_overlay"]
+__all__ = ["colorize", "overlay", "panel_size", "render_overlay", "save_overlay", "verdict_text"]

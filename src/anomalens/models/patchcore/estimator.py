@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,7 +33,10 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 class PatchCore(Detector):
     """PatchCore with the official code's defaults (spec §2.9).
 
-    Settings: backbone/layers/weights (WRN-50-2 layer2+3, torchvision IMAGENET1K_V1); resize 256 → crop 224;
+    Settings: backbone/layers/weights (WRN-50-2 layer2+3, torchvision IMAGENET1K_V1); geometry: "paper" = shorter
+    side `resize` (256) → centre crop `crop` (224), the spec's; "whole" = the whole image squashed to resize × resize
+    (every pixel scored; `crop` unused); "auto" (default) = "paper" when fitted on an MVTec AD / VisA dataset, else
+    "whole" — the resolved value is `geometry_`, saved with the model;
     patch_size p = 3; pretrain_dim 1024 → target_dim d = 1024; coreset_ratio (0.1) with projection_dim d* = 128
     and coreset_start 'mean10'; exact kNN ('faiss' or 'torch'), num_neighbors k = 1; distance 'l2' or
     'squared_l2'; image_score 'max' or 'reweighted' (Eq. 7, b = reweight_b); sigma = 4 map smoothing;
@@ -55,6 +58,7 @@ class PatchCore(Detector):
         backbone: Union[str, Sequence[str]] = "wide_resnet50_2",
         layers: Optional[Sequence] = None,
         weights: Optional[str] = "imagenet",
+        geometry: Literal["auto", "paper", "whole"] = "auto",
         resize: Union[int, Sequence[int], None] = 256,
         crop: Optional[int] = 224,
         patch_size: int = 3,
@@ -80,6 +84,7 @@ class PatchCore(Detector):
         self.backbone = backbone
         self.layers = layers
         self.weights = weights
+        self.geometry = geometry
         self.resize = resize
         self.crop = crop
         self.patch_size = patch_size
@@ -104,8 +109,22 @@ class PatchCore(Detector):
 
     # ------------------------------------------------------------------ parts
     @property
+    def resolved_geometry(self) -> str:
+        """"paper" or "whole": the fitted model's `geometry_`, else `geometry` with "auto" read as "whole"."""
+        g = getattr(self, "geometry_", None) or self.geometry
+        return "whole" if g == "auto" else g
+
+    @property
     def transform(self) -> ImageTransform:
-        return ImageTransform(self.resize, self.crop, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+        if self.resolved_geometry == "paper":
+            return ImageTransform(self.resize, self.crop, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+        size = self.resize if self.resize is None or isinstance(self.resize, (list, tuple)) else (self.resize, self.resize)
+        return ImageTransform(size, None, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+
+    def _resolve_for(self, dataset: ImageDataset) -> None:
+        """geometry="auto": the paper's crop on the benchmarks it was made for, every pixel on anything else."""
+        auto = "paper" if dataset.name in ("mvtec", "visa") else "whole"
+        self.geometry_ = auto if self.geometry == "auto" else self.geometry
 
     def _validate(self) -> None:
         if self.distance not in ("l2", "squared_l2"):
@@ -284,7 +303,7 @@ class PatchCore(Detector):
 
     def _state_extra(self) -> dict:
         return {"feature_shape": list(self.feature_shape_), "n_members": len(self.memory_banks_),
-                "member_stats": self.member_stats_}
+                "member_stats": self.member_stats_, "geometry": self.resolved_geometry}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
         n = int(extra.get("n_members", 1))
@@ -292,6 +311,7 @@ class PatchCore(Detector):
         self.coreset_indices_list_ = [tensors[f"coreset_indices.{i}"] for i in range(n)]
         self.feature_shape_ = tuple(extra.get("feature_shape", ()))
         self.member_stats_ = extra.get("member_stats")
+        self.geometry_ = extra.get("geometry", "paper")  # models saved before `geometry` existed used the paper's crop
         self._index = None
 
 
@@ -323,6 +343,9 @@ class _BankStream:
             self.projected = torch.empty(n_images * h * w, width, dtype=torch.float32)  # the resident part
             self.shape = (d, h, w)
         start = self.store.n_rows
+        if start + rows.shape[0] > self.projected.shape[0]:  # images of another size (aspect kept, no crop): grow
+            more = max(rows.shape[0], self.projected.shape[0] // 2)
+            self.projected = torch.cat([self.projected, self.projected.new_empty(more, self.projected.shape[1])])
         self.store.append(rows.cpu().numpy())
         # project exactly what is stored, so selection sees the bank's own values
         self.projected[start : self.store.n_rows] = (rows.float() @ self.proj if self.proj is not None else rows.float()).cpu()
