@@ -246,10 +246,11 @@ def test_cli_evaluates_musc_zero_shot(synthetic_root, tmp_path):
     assert 0.0 <= m["image_auroc"] <= 1.0 and "aupro" in m
 
 
-def test_stream_pool_lives_on_disk_as_float16(images):
-    model = _tiny().fit(images[4:])
+@pytest.mark.parametrize("token_dtype", ["float32", "float16"])
+def test_stream_pool_lives_on_disk_in_the_token_dtype(images, token_dtype):
+    model = _tiny(token_dtype=token_dtype).fit(images[4:])
     pool = next(iter(model.pool_tokens_.values()))
-    assert pool.dtype == torch.float16 and pool.shape[0] == 6
+    assert pool.dtype == getattr(torch, token_dtype) and pool.shape[0] == 6
     import os
 
     from conftest import mapping_of
@@ -296,3 +297,102 @@ def test_auto_block_is_the_largest_that_fits():
     for m in (16, 225, 529, 1369, 5476):
         b = auto_block(m)
         assert 1 <= b <= 4 and (b == 1 or 4 * (b * m) ** 2 <= cap) and (b == 4 or 4 * ((b + 1) * m) ** 2 > cap)
+
+
+# ---------------------------------------------------------------- issue 11: official image score, stream mode, dtypes
+def _literal_official(tokens: list[torch.Tensor], grid: tuple[int, int], size: int, r_list=(1, 3, 5), x_max: float = 0.3):
+    """The official route spelled out in float64 from float32 ViT tokens: per (layer, r) LNAMD (LayerNorm over the
+    image's map, r×r zero-padded mean, unit length), cdist per ordered pair, mean of the K smallest, mean over
+    (layer, r); maps upsampled bilinearly (align_corners=True); image score = max of the upsampled map."""
+    N = tokens[0].shape[0]
+    k = max(1, math.floor(x_max * (N - 1)))
+    total = torch.zeros(N, grid[0] * grid[1], dtype=torch.float64)
+    for t in tokens:
+        x = t.double().reshape(N, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+        x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(x.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+        for r in r_list:
+            z = F.avg_pool2d(x, r, 1, (r - 1) // 2, count_include_pad=True).flatten(2).transpose(1, 2)
+            z = F.normalize(z, dim=-1)
+            for i in range(N):
+                per_j = torch.stack([torch.cdist(z[i], z[j]).min(1).values for j in range(N) if j != i], 1)
+                total[i] += per_j.sort(1).values[:, :k].mean(1)
+    patch = total / (len(tokens) * len(r_list))
+    maps = F.interpolate(patch.view(N, 1, *grid), size=(size, size), mode="bilinear", align_corners=True)[:, 0]
+    return maps, maps.flatten(1).amax(1)
+
+
+@pytest.fixture(scope="module")
+def images112(images):
+    return F.interpolate(images, size=(112, 112), mode="bilinear", align_corners=False)  # 7×7 grid: 111/6 is no integer
+
+
+def test_predict_matches_the_literal_official_route(images112):
+    """Item 1 + item 7 (float32 tokens): maps and image scores (max of the UPSAMPLED map, then RsCIN) agree with
+    the slow float64 reference computed from the ViT's own float32 tokens."""
+    model = _tiny(image_size=112)
+    pred = model.predict(images112)
+    normalised = torch.stack([model.transform.image(im) for im in images112])
+    with torch.inference_mode():
+        tokens, cls = model._encode(normalised)
+    maps, c = _literal_official([t.float() for t in tokens], (7, 7), 112)
+    image = rscin(c, cls, (1, 2, 3))
+    assert np.abs(pred.anomaly_maps - maps.numpy()).max() < 4e-6  # measured 1.6e-6 (float16 tokens: 6.9e-6)
+    assert np.abs(pred.image_scores - image.numpy()).max() < 5e-6  # measured 9.0e-7 (grid max, float16: 4.9e-5)
+    grid_max = rscin(model.raw_patch_scores_.double().amax(1), cls, (1, 2, 3))  # the patch-grid route differs here
+    assert (grid_max - image).abs().max() > 1e-5
+
+
+def test_image_score_is_the_max_of_the_upsampled_map(images112):
+    """Item 1 without RsCIN's neighbours (k = 1 keeps c̃): c = max of the literally upsampled map, not of the grid."""
+    model = _tiny(image_size=112, rscin_k=[1])
+    pred = model.predict(images112)
+    up = F.interpolate(model.raw_patch_scores_.double().view(-1, 1, 7, 7), size=(112, 112), mode="bilinear",
+                       align_corners=True)
+    c = up.flatten(1).amax(1)
+    c_grid = model.raw_patch_scores_.double().amax(1)
+    assert np.allclose(pred.image_scores, ((c - c.min()) / (c.max() - c.min())).numpy(), atol=1e-9)
+    assert not np.allclose(pred.image_scores, ((c_grid - c_grid.min()) / (c_grid.max() - c_grid.min())).numpy(), atol=1e-6)
+
+
+def test_tokens_are_float32_by_default_and_float16_on_request(images):
+    tokens, _, _ = _tiny().extract(anomalens.data.as_dataset(images[:2], _tiny().transform))
+    assert all(t.dtype == torch.float32 for t in tokens.values())
+    half = _tiny(token_dtype="float16")
+    tokens16, _, _ = half.extract(anomalens.data.as_dataset(images[:2], half.transform))
+    assert all(t.dtype == torch.float16 for t in tokens16.values())
+    with pytest.raises(ValueError, match="token_dtype"):
+        _tiny(token_dtype="int8").predict(images[:2])
+
+
+def test_stream_scores_each_image_on_its_own(images):
+    """Item 2: a stream score depends on the image and the pool only; above the pool's range it does not saturate."""
+    model = _tiny().fit(images[4:])
+    alone = model.predict(images[3:4]).image_scores  # the defect image
+    with_other = model.predict(images[[3, 0, 1]]).image_scores
+    assert abs(alone[0] - with_other[0]) < 1e-6
+    assert abs(model.predict(images[0:1]).image_scores[0] - with_other[1]) < 1e-6
+    assert alone[0] > 1.0  # its c lies far above every pool score: c̃ > 1 and so is ĉ
+    assert with_other[1] < alone[0]
+
+
+def test_rscin_reference_equals_rscin_over_query_and_pool():
+    from anomalens.ops.rescoring import rscin_reference
+
+    g = torch.Generator().manual_seed(3)
+    ref = torch.rand(9, generator=g, dtype=torch.float64)
+    feats = F.normalize(torch.randn(12, 6, generator=g, dtype=torch.float64), dim=-1)
+    q = ref.min() + (ref.max() - ref.min()) * torch.rand(3, generator=g, dtype=torch.float64)  # inside the range
+    for k_list in ([1, 2, 3], [1, 8, 9], [2]):
+        out = rscin_reference(q, feats[:3], ref, feats[3:], k_list)
+        for i in range(3):
+            full = rscin(torch.cat([q[i : i + 1], ref]), torch.cat([feats[i : i + 1], feats[3:]]), k_list)
+            assert torch.allclose(out[i], full[0], atol=1e-12), k_list
+
+
+def test_one_image_pool_and_one_image_subsets_are_clear_errors(images):
+    from anomalens.errors import DataError
+
+    with pytest.raises(DataError, match="pool holds 1 image"):
+        _tiny().fit(images[:1]).predict(images[1:2])
+    with pytest.raises(DataError, match="n_subsets=6"):
+        _tiny(n_subsets=6).predict(images)  # 10 images in 6 subsets: two subsets of one image

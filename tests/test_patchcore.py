@@ -263,3 +263,40 @@ def test_paper_geometry_stays_exact_for_benchmarks_and_maps_undo_it(synthetic_ro
     ref = torch.nn.functional.interpolate(torch.from_numpy(pred.anomaly_maps[:1, None]), size=(36, 36), mode="bilinear",
                                           align_corners=False)[0, 0].numpy()
     assert np.allclose(full[2:38, 32:68], ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- issue 11: k > 1 averaging, single-image ensembles
+@pytest.mark.parametrize("distance,knn_average", [("l2", "squared"), ("squared_l2", "squared"), ("l2", "distance")])
+def test_k_neighbours_average_squared_distances_like_the_official_code(distance, knn_average):
+    """k > 1: the official scorer averages faiss's SQUARED distances (then √ for l2); 'distance' keeps our old mean."""
+    imgs = _images(4)
+    model = tiny_patchcore(coreset_ratio=1.0, num_neighbors=3, distance=distance, knn_average=knn_average).fit(imgs[:3])
+    patch, q, _ = model.patch_scores(torch.stack([model.transform.image(imgs[3])]))
+    d = torch.cdist(q.double(), model.memory_bank_.double()).topk(3, dim=1, largest=False).values  # brute force
+    if knn_average == "squared":
+        ref = (d**2).mean(1) if distance == "squared_l2" else (d**2).mean(1).sqrt()
+    else:
+        ref = d.mean(1)
+    assert torch.allclose(patch.flatten().double(), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="knn_average"):
+        tiny_patchcore(knn_average="median").fit(imgs[:1])
+
+
+def test_ensemble_single_image_uses_leave_one_image_out_fit_statistics(synthetic_root):
+    """Without calibrate, one predicted image is normalised with statistics fixed at fit: each training image scored
+    against the bank without its own rows — checked against refitting a full-bank single model without that image."""
+    train, test = MVTecAD(synthetic_root, "disc", "train").subset(range(5)), MVTecAD(synthetic_root, "disc", "test")
+    loo = [tiny_patchcore(coreset_ratio=1.0).fit(train.subset([j for j in range(5) if j != i])).predict(train.subset([i]))
+           for i in range(5)]
+    s_lo, s_hi = min(p.image_scores[0] for p in loo), max(p.image_scores[0] for p in loo)
+    m_lo, m_hi = min(p.anomaly_maps.min() for p in loo), max(p.anomaly_maps.max() for p in loo)
+    single = tiny_patchcore(coreset_ratio=1.0).fit(train)
+    ens = tiny_patchcore(coreset_ratio=1.0, backbone=["resnet18", "resnet18"]).fit(train)
+    for i in (0, len(test) - 1):
+        one = ens.predict(test.subset([i]))
+        ref = single.predict(test.subset([i]))
+        assert one.image_scores[0] == pytest.approx((ref.image_scores[0] - s_lo) / (s_hi - s_lo), rel=1e-4, abs=1e-5)
+        assert np.allclose(one.anomaly_maps, (ref.anomaly_maps - m_lo) / (m_hi - m_lo), atol=1e-4)
+    assert ens.predict(test.subset([len(test) - 1])).image_scores[0] != 0.0
+    with pytest.raises(anomalens.errors.DataError, match="single image"):
+        tiny_patchcore(backbone=["resnet18", "resnet18"]).fit(train.subset([0])).predict(test.subset([0]))

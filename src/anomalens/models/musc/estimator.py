@@ -12,9 +12,13 @@ import torch.nn.functional as F
 from ...backbones import create_clip
 from ...data import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, DataLike, ImageDataset, ImageTransform, as_dataset
 from ...detector import Detector, Prediction
-from ...ops.rescoring import rscin
+from ...errors import DataError
+from ...ops.rescoring import rscin, rscin_reference
 from ...registry import register_model
-from .torch_model import LayerFeatures, interval_k, layer_msm_scores, reduce_interval, reference_distances
+from .torch_model import (LayerFeatures, interval_k, layer_msm_scores, mutual_min_distances, reduce_interval,
+                          reference_distances)
+
+_TOKEN_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def create_timm_vit(name: str, weights: Optional[str], image_size: int, seed: int = 0):
@@ -80,7 +84,10 @@ class MuSc(Detector):
 
     `predict(images)` scores the set transductively. After `fit(images)` (unlabeled or normal images) the pool
     becomes the reference set: new images are scored against it (stream mode, K = ⌊0.3·P⌋), or with
-    reference_reducer='min' against normal references only (MuSc+, the paper's appendix).
+    reference_reducer='min' against normal references only (MuSc+, the paper's appendix). A stream score
+    depends on the image and the pool alone: RsCIN's min–max and neighbours come from the pool (≥ 2 images).
+
+    Raw tokens are kept as `token_dtype` (float32 as in the spec; 'float16' halves the cache and pool).
     """
 
     zero_shot = True
@@ -100,6 +107,7 @@ class MuSc(Detector):
         block: Optional[int] = None,
         batch_size: int = 4,
         cache_dir: Optional[str] = None,
+        token_dtype: str = "float32",
         seed: int = 0,
         device: str = "auto",
     ):
@@ -116,6 +124,7 @@ class MuSc(Detector):
         self.block = block
         self.batch_size = batch_size
         self.cache_dir = cache_dir
+        self.token_dtype = token_dtype
         self.seed = seed
         self.device = device
 
@@ -171,12 +180,13 @@ class MuSc(Detector):
 
     # ------------------------------------------------------------------ features
     def extract(self, ds: ImageDataset) -> tuple[dict[int, torch.Tensor], torch.Tensor, list]:
-        """Raw block outputs per layer {l: (N, M, C) float16}, L2-normalised CLS embeddings (N, D), masks per batch.
+        """Raw block outputs per layer {l: (N, M, C) token_dtype}, L2-normalised CLS embeddings (N, D), masks per batch.
 
-        With `cache_dir`, each image file's tokens are stored once (float16 safetensors keyed by file content
+        With `cache_dir`, each image file's tokens are stored once (token_dtype safetensors keyed by file content
         identity and backbone settings), so re-scoring, ablations and metrics never re-run the ViT.
         """
         self._visual()
+        dtype = self._token_dtype()
         cache = TokenCache(self.cache_dir, self._cache_tag()) if self.cache_dir else None
         per_image: list[Optional[tuple[list[torch.Tensor], torch.Tensor]]] = [None] * len(ds)
         if cache is not None:
@@ -191,7 +201,7 @@ class MuSc(Detector):
             for images, batch_masks, samples in self._batches(sub, "musc: features"):
                 inter, cls = self._encode(images)
                 cls = cls.cpu()
-                toks = [t.to("cpu", torch.float16) for t in inter]
+                toks = [t.to("cpu", dtype) for t in inter]
                 for b in range(len(samples)):
                     i = next(pos)
                     per_image[i] = ([t[b] for t in toks], cls[b])
@@ -205,7 +215,13 @@ class MuSc(Detector):
         return tokens, torch.stack([p[1] for p in per_image]), stacked_masks
 
     def _cache_tag(self) -> str:
-        return f"{self.backbone}|{self.weights}|{self.image_size}|{list(self._layer_ids)}|{self.seed if self.weights is None else ''}"
+        return (f"{self.backbone}|{self.weights}|{self.image_size}|{list(self._layer_ids)}|"
+                f"{self.seed if self.weights is None else ''}|{self.token_dtype}")
+
+    def _token_dtype(self) -> torch.dtype:
+        if self.token_dtype not in _TOKEN_DTYPES:
+            raise ValueError(f"token_dtype must be one of {sorted(_TOKEN_DTYPES)}, got {self.token_dtype!r}")
+        return _TOKEN_DTYPES[self.token_dtype]
 
     def _grid(self, n_tokens: int) -> tuple[int, int]:
         side = int(round(n_tokens**0.5))
@@ -222,7 +238,7 @@ class MuSc(Detector):
         """Batch mode (Eq. 3): (N, M) mean over (layer, r) of MSM interval-mean scores."""
         n = next(iter(tokens.values())).shape[0]
         if n < 2:
-            raise ValueError("MuSc scores a set against itself: give at least 2 images, or fit() a reference pool first")
+            raise DataError(f"MuSc scores a set against itself: got {n} image; give at least 2 images, or fit() a reference pool first")
         if n < 10:
             warnings.warn(f"MuSc on only {n} images: mutual scoring is weak on small sets (K = {interval_k(n - 1, self.x_max)})")
         return self._mean_over_pairs(tokens, lambda f: layer_msm_scores(f, self.x_max, self.block))
@@ -247,10 +263,19 @@ class MuSc(Detector):
                 count += 1
         return (total / count).cpu()
 
-    def _maps(self, scores: torch.Tensor) -> torch.Tensor:
+    def _maps(self, scores: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (N, S, S) float32: the patch grid upsampled bilinearly (align_corners=True, in float64 as
+        the official code); and the pre-RsCIN image scores c (N,) float64 = the maximum of each upsampled map
+        (the official `ac_score`: between grid points the interpolation stays below the grid maximum)."""
         h, w = self._grid(scores.shape[1])
-        grid = scores.view(-1, 1, h, w)
-        return F.interpolate(grid, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)[:, 0]
+        size = (self.image_size, self.image_size)
+        maps = torch.empty(scores.shape[0], *size, dtype=torch.float32)
+        c = torch.empty(scores.shape[0], dtype=torch.float64)
+        for s in range(0, scores.shape[0], chunk):
+            up = F.interpolate(scores[s : s + chunk].double().view(-1, 1, h, w), size=size, mode="bilinear", align_corners=True)[:, 0]
+            maps[s : s + chunk] = up
+            c[s : s + chunk] = up.flatten(1).amax(1)
+        return maps, c
 
     # ------------------------------------------------------------------ contract
     def _fit(self, dataset: Optional[ImageDataset]) -> None:
@@ -277,7 +302,7 @@ class MuSc(Detector):
         return self
 
     def _trim_pool(self) -> None:
-        """Bound the pool to the latest `max_pool` images and move its tokens to disk (float16, memory-mapped)."""
+        """Bound the pool to the latest `max_pool` images and move its tokens to disk (token_dtype, memory-mapped)."""
         if self.max_pool is not None and self.pool_cls_.shape[0] > self.max_pool:
             keep = slice(self.pool_cls_.shape[0] - int(self.max_pool), None)
             self.pool_tokens_ = {l: t[keep] for l, t in self.pool_tokens_.items()}
@@ -295,7 +320,7 @@ class MuSc(Detector):
         out = {}
         for l, t in tokens.items():
             path = f"{self._pool_dir.name}/layer{l}.npy"
-            np.save(path, t.to(torch.float16).numpy())
+            np.save(path, t.to(self._token_dtype()).numpy())
             with warnings_suppressed():
                 out[l] = torch.from_numpy(np.load(path, mmap_mode="r"))
         if old is not None:
@@ -303,12 +328,17 @@ class MuSc(Detector):
         return out
 
     def _pool_scores(self) -> torch.Tensor:
-        """Pre-RsCIN image scores of the pool among itself (for RsCIN over pool ∪ new)."""
+        """Pre-RsCIN image scores c of the pool images, each against the rest of the pool with the stream reducer
+        (interval mean, K = ⌊0.3·(P−1)⌋; or the minimum for MuSc+). Computed once per pool: a function of the
+        pool alone, saved with the model; they fix stream mode's RsCIN statistics."""
         if getattr(self, "_pool_image_scores", None) is None:
-            n = self.pool_cls_.shape[0]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # the small-set warning is about query sets
-                self._pool_image_scores = self.patch_scores(self.pool_tokens_).amax(1) if n >= 2 else torch.zeros(n)
+            P = self.pool_cls_.shape[0]
+            if P < 2:
+                raise DataError(f"the reference pool holds {P} image: stream scoring needs at least 2 pool images "
+                                "(its normalisation comes from the pool's own scores); fit() or partial_fit() more images")
+            k = 1 if self.reference_reducer == "min" else interval_k(P - 1, self.x_max)
+            scores = self._mean_over_pairs(self.pool_tokens_, lambda f: [reduce_interval(A, k) for A in mutual_min_distances(f, self.block)])
+            self._pool_image_scores = self._maps(scores)[1]
         return self._pool_image_scores
 
     def _windows(self, ds: ImageDataset) -> tuple[int, ...]:
@@ -319,25 +349,28 @@ class MuSc(Detector):
     def predict(self, data: DataLike) -> Prediction:
         """Score the set (batch mode) or each image against the fitted pool (stream / MuSc+ mode)."""
         ds = as_dataset(data, self.transform)
-        tokens, cls, masks = self.extract(ds)
         pool = getattr(self, "pool_tokens_", None)
+        if pool is not None:
+            self._pool_scores()  # a one-image pool fails here, before the ViT runs
+        else:
+            n = len(ds)
+            parts = stratified_subsets([r.defect_type for r in ds.records], self.n_subsets) if self.n_subsets > 1 else [list(range(n))]
+            if n >= 2 and min(len(p) for p in parts) < 2:
+                raise DataError(f"n_subsets={self.n_subsets} leaves a subset of {min(len(p) for p in parts)} image among "
+                                f"{n}: every subset needs at least 2 images; lower n_subsets")
+        tokens, cls, masks = self.extract(ds)
         if pool is None:
-            n = cls.shape[0]
-            groups = [r.defect_type for r in ds.records]
-            parts = stratified_subsets(groups, self.n_subsets) if self.n_subsets > 1 else [list(range(n))]
             scores = torch.empty(n, next(iter(tokens.values())).shape[1])
             for idx in parts:
                 sub = {l: t[idx] for l, t in tokens.items()}
                 scores[idx] = self.patch_scores(sub)
-            c = scores.amax(1)
+            maps, c = self._maps(scores)
             image = rscin(c, cls, self._windows(ds))  # over the whole category, not per subset
         else:
             scores = self.reference_scores(tokens, pool)
-            c = scores.amax(1)
-            all_c = torch.cat([c.double(), self._pool_scores().double()])
-            image = rscin(all_c, torch.cat([cls, self.pool_cls_]), self._windows(ds))[: len(c)]
+            maps, c = self._maps(scores)
+            image = rscin_reference(c, cls, self._pool_scores(), self.pool_cls_, self._windows(ds))
         self.raw_patch_scores_ = scores
-        maps = self._maps(scores)
         return self._prediction(ds, image.numpy(), maps.numpy(), masks, self._paths)
 
     # ------------------------------------------------------------------ persistence
@@ -346,6 +379,8 @@ class MuSc(Detector):
             return {}
         out = {f"pool_tokens.{l}": t for l, t in self.pool_tokens_.items()}
         out["pool_cls"] = self.pool_cls_
+        if getattr(self, "_pool_image_scores", None) is not None:
+            out["pool_scores"] = self._pool_image_scores
         return out
 
     def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
@@ -354,11 +389,11 @@ class MuSc(Detector):
             return
         self.pool_tokens_ = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("pool_tokens.")}
         self.pool_cls_ = tensors["pool_cls"]
-        self._pool_image_scores = None
+        self._pool_image_scores = tensors.get("pool_scores")
 
 
 class TokenCache:
-    """Per-image raw tokens on disk: <cache_dir>/<sha1(path, size, mtime, settings)>.safetensors (float16)."""
+    """Per-image raw tokens on disk: <cache_dir>/<sha1(path, size, mtime, settings)>.safetensors (token_dtype)."""
 
     def __init__(self, folder: str, tag: str):
         from pathlib import Path

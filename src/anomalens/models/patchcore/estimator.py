@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...backbones import create_cnn
+from ...errors import DataError
 from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ImageTransform, iter_batches, resize_map
 from ...detector import Detector
 from ...ops.coreset import coreset_size, greedy_select, random_projection
@@ -46,7 +47,12 @@ class PatchCore(Detector):
     `backbone=["wide_resnet101_2", "resnext101_32x8d", "densenet201"], target_dim=384, coreset_ratio=0.01,
     resize=366, crop=320`. Each member keeps its own bank; scores and maps are min–max normalised per member
     and averaged. The normalisation uses the statistics of the normal images given to `calibrate` when it
-    has run, else those of the images being predicted (the official code's transductive protocol).
+    has run, else those of the images being predicted (the official code's transductive protocol); a single
+    predicted image without `calibrate` uses statistics fixed at fit: each training image scored against its
+    member's bank without that image's own rows (leave-one-image-out; needs ≥ 2 training images).
+
+    num_neighbors k > 1: the patch score averages the k SQUARED distances as the official code does (then the
+    square root for distance='l2'); knn_average='distance' averages the k distances instead.
     """
 
     setting_ranges = {"coreset_ratio": "(0, 1]", "patch_size": "[1, inf)", "pretrain_dim": "[1, inf)", "target_dim": "[1, inf)",
@@ -72,6 +78,7 @@ class PatchCore(Detector):
         seed: int = 0,
         knn: str = "faiss",
         num_neighbors: int = 1,
+        knn_average: str = "squared",
         distance: str = "l2",
         image_score: str = "max",
         reweight_b: int = 9,
@@ -98,6 +105,7 @@ class PatchCore(Detector):
         self.seed = seed
         self.knn = knn
         self.num_neighbors = num_neighbors
+        self.knn_average = knn_average
         self.distance = distance
         self.image_score = image_score
         self.reweight_b = reweight_b
@@ -129,6 +137,8 @@ class PatchCore(Detector):
     def _validate(self) -> None:
         if self.distance not in ("l2", "squared_l2"):
             raise ValueError(f"distance must be 'l2' or 'squared_l2', got {self.distance!r}")
+        if self.knn_average not in ("squared", "distance"):
+            raise ValueError(f"knn_average must be 'squared' or 'distance', got {self.knn_average!r}")
         if self.image_score not in ("max", "reweighted"):
             raise ValueError(f"image_score must be 'max' or 'reweighted', got {self.image_score!r}")
         if self.knn not in ("faiss", "torch", "ivfpq"):
@@ -184,9 +194,12 @@ class PatchCore(Detector):
         self._validate()
         n_members = len(self._feature_models())
         work = Path(tempfile.mkdtemp(prefix="patchcore-", dir=self.feature_dir))
+        streams: list[_BankStream] = []
         try:
             streams = [_BankStream(work / f"features{i}.bin", self) for i in range(n_members)]
+            size = None
             for images, _, _ in iter_batches(dataset, self.transform, self.batch_size, description="patchcore: features"):
+                size = tuple(images.shape[-2:])
                 for i, stream in enumerate(streams):
                     stream.add(self.embed(images, i), len(dataset))
                 release_memory()  # batch temporaries go back to the OS: peak RSS stays flat as N grows
@@ -198,7 +211,10 @@ class PatchCore(Detector):
             self.memory_banks_, self.coreset_indices_list_ = banks, indices
             self.feature_shape_ = streams[0].shape
             self.member_stats_ = None
+            self.fit_stats_ = self._leave_one_out_stats(streams, size) if n_members > 1 else None
         finally:
+            for stream in streams:
+                stream.close()
             shutil.rmtree(work, ignore_errors=True)
         self._index = None
 
@@ -233,26 +249,67 @@ class PatchCore(Detector):
     def _dist(self, sq: torch.Tensor) -> torch.Tensor:
         return sq if self.distance == "squared_l2" else sq.sqrt()
 
+    def _neighbour_mean(self, sq: torch.Tensor) -> torch.Tensor:
+        """(Q, k) squared distances -> (Q,) patch scores: mean of the squared distances (the official code), then
+        the square root for 'l2'; or with knn_average='distance' the mean of the distances."""
+        if self.knn_average == "squared":
+            return self._dist(sq.mean(1))
+        return self._dist(sq).mean(1)
+
+    def _row_scores(self, q: torch.Tensor, B: int, h: int, w: int, member: int, bank: Optional[torch.Tensor] = None):
+        """Patch features (B·h·w, d) -> (B, h, w) patch scores and NN indices, against the member's bank (or `bank`)."""
+        if bank is None:
+            sq, idx = self._search(q, self.num_neighbors, member)
+        else:
+            sq, idx = knn(q, bank, self.num_neighbors, backend="torch" if self.knn == "torch" else "faiss")
+        return self._neighbour_mean(sq).view(B, h, w), idx
+
     def patch_scores(self, images: torch.Tensor, member: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, h, w) patch scores s(m_test) (Eq. 6), the patch features (B·h·w, d) and NN indices (B·h·w, k)."""
         f = self.embed(images, member)
         B, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, d).float()
-        sq, idx = self._search(q, self.num_neighbors, member)
-        scores = self._dist(sq).mean(1)
-        return scores.view(B, h, w), q, idx
+        scores, idx = self._row_scores(q, B, h, w, member)
+        return scores, q, idx
 
-    def _member_outputs(self, images: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, q, idx = self.patch_scores(images, member)
+    def _outputs(self, scores: torch.Tensor, q: torch.Tensor, idx: torch.Tensor, size: tuple, member: int,
+                 bank: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores (B,) float64 and smoothed maps (B, H, W) from patch scores (B, h, w)."""
         B, h, w = scores.shape
         s_star, arg = scores.view(B, -1).max(1)
         if self.image_score == "reweighted":
-            image = self._reweight(s_star, q.view(B, h * w, -1), idx.view(B, h * w, -1), arg, member)
+            image = self._reweight(s_star, q.view(B, h * w, -1), idx.view(B, h * w, -1), arg, member, bank)
         else:
             image = s_star
-        size = tuple(images.shape[-2:])
         maps = gaussian_blur(resize_map(scores, size, mode="bilinear", align_corners=False), self.sigma)
         return image.double().cpu(), maps.float().cpu()
+
+    def _member_outputs(self, images: torch.Tensor, member: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, q, idx = self.patch_scores(images, member)
+        return self._outputs(scores, q, idx, tuple(images.shape[-2:]), member)
+
+    def _leave_one_out_stats(self, streams: list["_BankStream"], size: Optional[tuple]) -> Optional[list[list[float]]]:
+        """Per-member [s_lo, s_hi, m_lo, m_hi] over the training images, each scored (image score and map) against its
+        member's bank without the rows that came from that image; None with fewer than 2 training images."""
+        stats = []
+        for member, stream in enumerate(streams):
+            d, h, w = stream.shape
+            n_images = stream.store.n_rows // (h * w)
+            owner = self.coreset_indices_list_[member] // (h * w)
+            bank = self.memory_banks_[member]
+            s_all, m_lo, m_hi = [], float("inf"), float("-inf")
+            for i in range(n_images):
+                keep = owner != i
+                if n_images < 2 or not bool(keep.any()):
+                    return None
+                q = torch.from_numpy(stream.store.gather(np.arange(i * h * w, (i + 1) * h * w))).float().to(self.device_)
+                bank_i = bank[keep].to(q.device)
+                scores, idx = self._row_scores(q, 1, h, w, member, bank_i)
+                image, maps = self._outputs(scores, q, idx, size or (h, w), member, bank_i)
+                s_all.append(float(image[0]))
+                m_lo, m_hi = min(m_lo, float(maps.min())), max(m_hi, float(maps.max()))
+            stats.append([min(s_all), max(s_all), m_lo, m_hi])
+        return [list(v) for v in zip(*stats)]
 
     def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         outs = [self._member_outputs(images, i) for i in range(len(self.memory_banks_))]
@@ -264,7 +321,14 @@ class PatchCore(Detector):
         """Ensembles: per-member min–max normalisation (calibration statistics, else the predicted set), then mean."""
         if scores.ndim == 1 or getattr(self, "_raw_members", False):
             return scores, maps
-        stats = self.member_stats_ if self.member_stats_ is not None else _member_minmax(scores, maps)
+        stats = self.member_stats_
+        if stats is None and scores.shape[0] < 2:  # min–max over one image would map every score to 0
+            stats = getattr(self, "fit_stats_", None)
+            if stats is None:
+                raise DataError("an ensemble scoring a single image needs normalisation statistics: call calibrate() with "
+                                "normal images, predict several images at once, or fit on at least 2 images")
+        if stats is None:
+            stats = _member_minmax(scores, maps)
         s_lo, s_hi, m_lo, m_hi = (np.asarray(v) for v in stats)
         fused_s = ((scores - s_lo) / np.maximum(s_hi - s_lo, 1e-12)).mean(1)
         fused_m = ((maps - m_lo[:, None, None]) / np.maximum(m_hi - m_lo, 1e-12)[:, None, None]).mean(1)
@@ -282,8 +346,8 @@ class PatchCore(Detector):
             self.member_stats_ = [v.tolist() for v in _member_minmax(raw.image_scores, raw.anomaly_maps)]
         return super().calibrate(normal_data, fpr)
 
-    def _reweight(self, s_star, q, idx, arg, member: int = 0) -> torch.Tensor:
-        bank = self.memory_banks_[member]
+    def _reweight(self, s_star, q, idx, arg, member: int = 0, bank: Optional[torch.Tensor] = None) -> torch.Tensor:
+        bank = self.memory_banks_[member] if bank is None else bank
         b = min(int(self.reweight_b), bank.shape[0])
         rows = torch.arange(len(arg))
         m_test = q[rows, arg]  # (B, d)
@@ -303,7 +367,8 @@ class PatchCore(Detector):
 
     def _state_extra(self) -> dict:
         return {"feature_shape": list(self.feature_shape_), "n_members": len(self.memory_banks_),
-                "member_stats": self.member_stats_, "geometry": self.resolved_geometry}
+                "member_stats": self.member_stats_, "geometry": self.resolved_geometry,
+                "fit_stats": getattr(self, "fit_stats_", None)}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
         n = int(extra.get("n_members", 1))
@@ -312,6 +377,7 @@ class PatchCore(Detector):
         self.feature_shape_ = tuple(extra.get("feature_shape", ()))
         self.member_stats_ = extra.get("member_stats")
         self.geometry_ = extra.get("geometry", "paper")  # models saved before `geometry` existed used the paper's crop
+        self.fit_stats_ = extra.get("fit_stats")
         self._index = None
 
 
@@ -351,7 +417,7 @@ class _BankStream:
         self.projected[start : self.store.n_rows] = (rows.float() @ self.proj if self.proj is not None else rows.float()).cpu()
 
     def select(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(coreset rows in selection order, their indices); frees the projection and the file."""
+        """(coreset rows in selection order, their indices); frees the projection (`close` then frees the file)."""
         m, n_rows = self.model, self.store.n_rows
         if m.coreset_ratio >= 1.0:
             idx = torch.arange(n_rows)
@@ -360,5 +426,8 @@ class _BankStream:
                                 start=m.coreset_start, prune=m.coreset_prune).cpu()
         self.projected = None
         bank = torch.from_numpy(self.store.gather(idx.numpy()))
-        self.store.close()
         return bank, idx
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
