@@ -5,7 +5,7 @@ import importlib
 import typer
 
 #: command modules, in the order their commands appear in --help
-COMMAND_MODULES = ("demo", "fit", "predict", "evaluate", "benchmark", "report", "models")
+COMMAND_MODULES = ("demo", "fit", "predict", "evaluate", "benchmark", "report", "datasets", "models")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Industrial visual anomaly detection.")
 
