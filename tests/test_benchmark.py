@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -245,3 +246,29 @@ def test_published_mean_over_a_subset_is_the_subset_mean():
     assert published_mean("winclip", "0shot", "mvtec", [c for c in every if c != "mean"], "image_auroc") == pytest.approx(0.918)
     assert published_mean("winclip", "0shot", "mvtec", ["weave"], "image_auroc") is None
     assert not math.isnan(paper_numbers()[("musc", "default", "mvtec", "mean", "pro_musc", "official")])
+
+
+def _fake_record(method, setting, paper_setting, cat, metrics, seed=0, extra=None):
+    return {"method": method, "setting": setting, "paper_setting": paper_setting, "dataset": "mvtec", "category": cat,
+            "seed": seed, "random_init": False, "metrics": metrics, "extra_metrics": extra or {}}
+
+
+def test_summary_puts_published_numbers_and_differences_next_to_ours():
+    from anomalens.benchmark.summary import summary_csv, summary_markdown, summary_table
+
+    recs = [_fake_record("patchcore", "patchcore", "coreset10", c, {"image_auroc": v, "aupro": 0.9}, extra={"pro_musc": 0.8})
+            for c, v in (("bottle", 0.99), ("cable", 0.95))]
+    t = summary_table(recs)[0]
+    bottle, mean = t["rows"][0], t["rows"][-1]
+    assert bottle["paper"]["image_auroc"] == pytest.approx(1.0) and bottle["official"]["image_auroc"] == pytest.approx(1.0)
+    assert bottle["paper"]["aupro"] == pytest.approx(0.961) and bottle["paper"]["pro_musc"] is None  # like for like
+    assert mean["paper"]["image_auroc"] == pytest.approx((1.0 + 0.994) / 2)  # subset: mean of those categories
+    rows = {r["category"]: r for r in csv.DictReader(io.StringIO(summary_csv(summary_table(recs))))}
+    assert float(rows["cable"]["image_auroc_paper_diff"]) == pytest.approx(0.95 - 0.994, abs=1e-6)
+    assert "95.0 (paper 99.4, -4.4" in summary_markdown(summary_table(recs))
+
+
+def test_help_of_new_commands():
+    for args in (["benchmark", "--help"], ["report", "--help"], ["datasets", "download", "--help"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0 and "Usage" in r.output
