@@ -6,6 +6,7 @@ import io
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,6 +209,33 @@ def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(synthetic_root, tm
     r = CliRunner().invoke(app, ["benchmark", "--dataset", "mvtec", "--root", str(synthetic_root), "-o", str(out), *args])
     assert r.exit_code == 2 and name in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not out.exists()
+
+
+def test_bad_input_leaves_an_existing_run_untouched(finished_run, synthetic_root):
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    r = CliRunner().invoke(app, ["benchmark", "--dataset", "mvtec", "--root", str(synthetic_root), "--category", "nosuch",
+                                 "-o", str(finished_run)])
+    assert r.exit_code == 2
+    assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
+
+
+def test_visa_layout_runs_from_the_split_file(synthetic_root, tmp_path):
+    """A VisA root (split_csv/1cls.csv over the images) benchmarks the objects the split file lists."""
+    from anomalens.data import MVTecAD
+
+    root = tmp_path / "visa"
+    (root / "split_csv").mkdir(parents=True)
+    (root / "weave").symlink_to(synthetic_root / "weave")
+    lines = ["object,split,label,image,mask"]
+    for split in ("train", "test"):
+        for rec in MVTecAD(synthetic_root, "weave", split).records:
+            rel = lambda p: str(Path(p).relative_to(synthetic_root))  # noqa: E731
+            label = "normal" if rec.label == 0 else "anomaly"
+            lines.append(f"weave,{split},{label},{rel(rec.path)},{rel(rec.mask_path) if rec.mask_path else ''}")
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(lines) + "\n")
+    run_benchmark("visa", root, ["patchcore"], tmp_path / "run", overrides=TINY, device="cpu")
+    rec = json.loads((tmp_path / "run" / "results" / "patchcore" / "weave.json").read_text())
+    assert rec["dataset"] == "visa" and rec["n_images"] == len(MVTecAD(synthetic_root, "weave", "test"))
 
 
 def test_cli_missing_root_is_one_line(tmp_path):

@@ -147,3 +147,14 @@ def test_report_in_headless_chromium(bench_run, bench_html, tmp_path):
     for s in expected_strings(bench_run):
         assert s in text, s
     assert n_images == 2 * 2 * 3  # every worst-case thumbnail decoded
+
+
+def test_share_above_matches_a_direct_count():
+    import numpy as np
+
+    from anomalens.report.page import share_above
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 20, 300).astype(float)  # many ties
+    t = np.unique(np.r_[v, -1.0, 25.0])
+    assert np.allclose(share_above(v, t), [(v > x).mean() for x in t])

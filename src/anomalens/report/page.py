@@ -63,6 +63,12 @@ def _random_init_note(flag: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ threshold
+def share_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Fraction of `values` strictly above each threshold (one sort, O(n log n))."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    return 1.0 - np.searchsorted(v, thresholds, side="right") / max(len(v), 1)
+
+
 def threshold_curve(images: list[dict], calibrated: Optional[float]) -> tuple[str, str]:
     """SVG of FPR (normal images) and FNR (anomalous images) against the threshold, and the error-rate line."""
     scores = np.array([i["score"] for i in images], dtype=np.float64)
@@ -71,10 +77,9 @@ def threshold_curve(images: list[dict], calibrated: Optional[float]) -> tuple[st
     if normal.size == 0:
         return "", "no normal test images: no threshold curve"
     t = np.unique(scores)
-    fpr = (normal[None, :] > t[:, None]).mean(1)
-    series = [("FPR (normal images)", t, fpr)]
+    series = [("FPR (normal images)", t, share_above(normal, t))]
     if anomalous.size:
-        series.append(("FNR (anomalous images)", t, (anomalous[None, :] <= t[:, None]).mean(1)))
+        series.append(("FNR (anomalous images)", t, 1.0 - share_above(anomalous, t)))
     if calibrated is not None:
         thr, name = float(calibrated), "calibrated threshold"
     else:
@@ -185,7 +190,7 @@ def render_predict(src: dict) -> str:
     preds = sorted(src["predictions"], key=lambda p: -p["score"])
     scores = np.array([p["score"] for p in preds])
     t = np.unique(scores)
-    flagged = (scores[None, :] > t[:, None]).mean(1)
+    flagged = share_above(scores, t)
     thr = src["threshold"]
     body = [_random_init_note(src["random_init"]),
             f"<p>{len(preds)} images; threshold {'not set' if thr is None else f'{thr:.4g}'}"
