@@ -136,3 +136,56 @@ def test_predict_takes_threshold_and_settings(tmp_path, synthetic_root):
     assert all(row["anomalous"] == "False" for row in csv.DictReader(open(tmp_path / "b" / "predictions.csv")))
     r = runner.invoke(app, ["predict", str(model_dir), imgs, "-o", str(tmp_path / "c"), "--set", "no_such=1"])
     assert r.exit_code == 2 and "no_such" in r.output
+
+
+# ---- issue 10: a new user's first hour -------------------------------------------------------------------------
+def _fit_args(synthetic_root, out, *extra):
+    return ["fit", str(synthetic_root), "--dataset", "mvtec", "--category", "weave", "-o", str(out), "--device", "cpu", *TINY, *extra]
+
+
+def test_fit_never_replaces_a_users_folder_and_needs_force_for_a_model(tmp_path, synthetic_root):
+    user = tmp_path / "work"
+    user.mkdir()
+    (user / "img.png").write_bytes(b"training image")
+    r = runner.invoke(app, _fit_args(synthetic_root, user, "--force"))
+    assert r.exit_code == 2 and "not an anomalens model" in r.output and "Traceback" not in r.output
+    assert [p.name for p in user.iterdir()] == ["img.png"] and (user / "img.png").read_bytes() == b"training image"
+    model = tmp_path / "model"
+    assert runner.invoke(app, _fit_args(synthetic_root, model)).exit_code == 0
+    before = (model / "config.json").read_text()
+    r = runner.invoke(app, _fit_args(synthetic_root, model))
+    assert r.exit_code == 2 and "--force" in r.output and (model / "config.json").read_text() == before
+    r = runner.invoke(app, _fit_args(synthetic_root, model, "--force", "--holdout", "0"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((model / "config.json").read_text())["threshold"] is None  # replaced by the new fit
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--holdout", "1"], "--holdout must be in [0, 1)"),
+    (["--holdout", "-0.1"], "--holdout must be in [0, 1)"),
+    (["--fpr", "0"], "--fpr must be in (0, 1)"),
+    (["--fpr", "1.5"], "--fpr must be in (0, 1)"),
+    (["--set", "coreset_ratio=abc"], "coreset_ratio='abc' must be a number"),
+])
+def test_fit_rejects_bad_options_before_any_work(tmp_path, extra, needle, monkeypatch):
+    import anomalens.data
+
+    def no_data(*a, **k):
+        raise AssertionError("data was opened before the options were checked")
+
+    monkeypatch.setattr(anomalens.data, "MVTecAD", no_data)
+    r = runner.invoke(app, ["fit", str(tmp_path), "--dataset", "mvtec", "--category", "weave", "-o", str(tmp_path / "m"), *extra])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_fit_warns_on_a_small_calibration_set_and_records_it(tmp_path, synthetic_root):
+    r = runner.invoke(app, _fit_args(synthetic_root, tmp_path / "m", "--holdout", "0.25", "--fpr", "0.01"))
+    assert r.exit_code == 0, r.output
+    assert "3 calibration images cannot resolve fpr=0.01" in r.output and "0.25" in r.output  # 1/(3+1)
+    cal = json.loads((tmp_path / "m" / "config.json").read_text())["calibration"]
+    assert cal["n_images"] == 3 and cal["fpr_requested"] == 0.01 and cal["fpr_achievable"] == pytest.approx(0.25)
+    assert 0.0 <= cal["fpr_empirical"] <= 1.0 and "3 held-out normals" in r.output
+    r = runner.invoke(app, _fit_args(synthetic_root, tmp_path / "n", "--holdout", "0.1"))  # 12 images: 1 held out
+    assert r.exit_code == 0 and "no threshold calibrated" in r.output
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["threshold"] is None

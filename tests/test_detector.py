@@ -97,7 +97,7 @@ def test_save_is_atomic_on_crash(tmp_path, synthetic_root, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        model.save(tmp_path / "m")
+        model.save(tmp_path / "m", overwrite=True)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == original  # old model intact
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp debris
 
@@ -137,3 +137,144 @@ def test_device_resolution():
 def test_fit_without_data_only_for_zero_shot():
     with pytest.raises(ValueError, match="needs normal images"):
         tiny_patchcore().fit()
+
+
+# ---- issue 10: a new user's first hour -------------------------------------------------------------------------
+def _fitted_tiny(synthetic_root, n=2):
+    return tiny_patchcore().fit(MVTecAD(synthetic_root, "disc", "train").subset(range(n)))
+
+
+def test_save_refuses_a_folder_that_is_not_a_model(tmp_path, synthetic_root):
+    model = _fitted_tiny(synthetic_root)
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "keep.png").write_bytes(b"precious")
+    for overwrite in (False, True):  # not even overwrite=True replaces a user's folder
+        with pytest.raises(anomalens.AnomalensError, match="not an anomalens model"):
+            model.save(user, overwrite=overwrite)
+    assert (user / "keep.png").read_bytes() == b"precious" and sorted(p.name for p in user.iterdir()) == ["keep.png"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(anomalens.AnomalensError, match="is a file"):
+        model.save(tmp_path / "afile", overwrite=True)
+    assert (tmp_path / "afile").read_text() == "x"
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")  # an empty folder is fine
+    assert anomalens.load(tmp_path / "empty").is_fitted
+
+
+def test_replacing_a_model_needs_overwrite_and_keeps_foreign_files(tmp_path, synthetic_root):
+    model = _fitted_tiny(synthetic_root)
+    model.save(tmp_path / "m")
+    with pytest.raises(anomalens.AnomalensError, match="overwrite=True"):
+        model.save(tmp_path / "m")
+    model.threshold_ = 1.25
+    model.save(tmp_path / "m", overwrite=True)
+    assert anomalens.load(tmp_path / "m").threshold_ == 1.25
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(anomalens.AnomalensError, match="notes.txt"):
+        model.save(tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def test_saved_files_get_umask_permissions(tmp_path, synthetic_root):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        _fitted_tiny(synthetic_root).save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "m", *(tmp_path / "m").iterdir()]}
+    assert modes == {"m": 0o755, "config.json": 0o644, "model.safetensors": 0o644}
+
+
+@pytest.mark.parametrize("settings,needle", [
+    ({"coreset_ratio": "abc"}, r"coreset_ratio='abc' must be a number"),
+    ({"coreset_ratio": 0.0}, r"coreset_ratio=0.0 is out of range.*\(0, 1\]"),
+    ({"batch_size": 0}, r"batch_size=0 is out of range"),
+    ({"patch_size": 2.5}, r"patch_size=2.5 must be an integer"),
+    ({"resize": "big"}, r"resize='big' must be"),
+])
+def test_settings_are_validated_when_the_model_is_created(settings, needle):
+    from anomalens.errors import SettingError
+
+    with pytest.raises(SettingError, match=needle):
+        anomalens.create("patchcore", **settings)
+    with pytest.raises(SettingError, match=needle):  # direct construction is checked the same way
+        anomalens.registry.get_entry("patchcore").cls(**settings)
+
+
+@pytest.mark.parametrize("name,settings,needle", [
+    ("winclip", {"k_shot": "2"}, "k_shot='2' must be an integer"),
+    ("winclip", {"scales": [2, "x"]}, "scales=.* must be a list of integers"),
+    ("musc", {"x_max": "a lot"}, "x_max='a lot' must be a number"),
+    ("musc", {"r_list": 3}, "r_list=3 must be a list of integers"),
+])
+def test_every_model_validates_its_settings(name, settings, needle):
+    from anomalens.errors import SettingError
+
+    with pytest.raises(SettingError, match=needle):
+        anomalens.create(name, **settings)
+
+
+def test_valid_settings_of_every_kind_are_accepted():
+    assert anomalens.create("patchcore", resize=[224, 224], crop=None, coreset_ratio=1, device=torch.device("cpu")).crop is None
+    assert anomalens.create("patchcore", backbone=["resnet18", "resnet18"], layers=[["layer2"], ["layer3"]], weights=None)
+    assert anomalens.create("winclip", scales=[2], weights=None).scales == [2]
+    for entry in anomalens.registry.model_entries():  # every registered default passes its own checks
+        entry.cls()
+
+
+def test_saved_config_with_a_wrong_typed_setting_does_not_load(tmp_path, synthetic_root):
+    _fitted_tiny(synthetic_root).save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["settings"]["coreset_ratio"] = "abc"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFormatError, match=r"config.json.*coreset_ratio='abc'"):
+        anomalens.load(tmp_path / "m")
+
+
+def test_calibration_records_size_and_rates(synthetic_root):
+    train = MVTecAD(synthetic_root, "weave", "train")
+    model = tiny_patchcore().fit(train.subset(range(6)))
+    with pytest.warns(UserWarning, match=r"6 calibration images cannot resolve fpr=0.01.*needs >= 100.*0.143"):
+        model.calibrate(train.subset(range(6, 12)), fpr=0.01)
+    cal = model.calibration_
+    scores = model.predict(train.subset(range(6, 12))).image_scores
+    assert cal["n_images"] == 6 and cal["fpr_requested"] == 0.01
+    assert cal["fpr_empirical"] == pytest.approx(np.mean(scores > model.threshold_))
+    assert cal["fpr_achievable"] == pytest.approx(1 / 7)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 6 images resolve 0.2: no warning
+        model.calibrate(train.subset(range(6, 12)), fpr=0.2)
+    assert model.calibration_["fpr_empirical"] <= 0.2
+
+
+def test_calibrate_refuses_one_image_and_bad_rates(synthetic_root):
+    train = MVTecAD(synthetic_root, "weave", "train")
+    model = tiny_patchcore().fit(train.subset(range(4)))
+    with pytest.raises(anomalens.DataError, match="at least 2"):
+        model.calibrate(train.subset([5]))
+    for fpr in (-0.1, 1.0, "0.1"):
+        with pytest.raises(anomalens.AnomalensError, match="fpr"):
+            model.calibrate(train.subset(range(4, 8)), fpr=fpr)
+
+
+def test_print_prediction_is_a_summary_and_calibrate_prints_nothing(synthetic_root, capsys):
+    train = MVTecAD(synthetic_root, "weave", "train")
+    model = tiny_patchcore().fit(train.subset(range(4)))
+    capsys.readouterr()
+    model.calibrate(train.subset(range(4, 12)), fpr=0.2)
+    assert capsys.readouterr() == ("", "")
+    assert repr(model) == "PatchCore(backbone='resnet18', weights=None, resize=72, crop=64, coreset_ratio=0.5, batch_size=4, device='cpu')"
+    pred = model.predict(MVTecAD(synthetic_root, "weave", "test"))
+    text = str(pred)
+    assert "\n" not in text and "array" not in text and len(text) < 200
+    n_anom = int(pred.labels.sum())
+    assert f"{len(pred)} images" in text and f"{n_anom} anomalous" in text and f"{model.threshold_:.4g}" in text
+    assert f"{pred.image_scores.min():.4g}" in text and "random-init" in text
+    print(pred)
+    assert capsys.readouterr().out.strip() == text

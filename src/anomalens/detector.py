@@ -6,9 +6,11 @@ threshold) + `model.safetensors` (tensors). No pickle is ever written or read.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -18,8 +20,9 @@ import torch
 
 from .data import DataLike, ImageDataset, ImageTransform, as_dataset, iter_batches
 from .device import resolve_device
-from .errors import ModelFormatError, NotFittedError
+from .errors import DataError, ModelFormatError, NotFittedError, OutputExistsError, SettingError
 from .io import atomic_path, load_safetensors_mmap
+from .settings import check_settings
 
 FORMAT_NAME = "anomalens-model"
 FORMAT_VERSION = 1
@@ -27,12 +30,14 @@ CONFIG_FILE = "config.json"
 TENSORS_FILE = "model.safetensors"
 
 
-@dataclass
+@dataclass(repr=False)
 class Prediction:
     """Scores of N images: higher = more anomalous.
 
     image_scores (N,) float64; anomaly_maps (N, H, W) float32 at the model's input resolution;
-    labels (N,) bool, or None when no threshold is set; masks / gt_labels carried from a labelled dataset.
+    labels (N,) bool, or None when no threshold is set; masks / gt_labels carried from a labelled dataset;
+    components: named per-image arrays (N,) a model may expose besides its score (e.g. CLIP-AD's p_abn, map_max).
+    threshold: the decision threshold the labels come from (None when unset).
     """
 
     image_scores: np.ndarray
@@ -42,9 +47,30 @@ class Prediction:
     gt_labels: Optional[np.ndarray] = None
     masks: Optional[np.ndarray] = None
     info: dict = field(default_factory=dict)
+    components: dict[str, np.ndarray] = field(default_factory=dict)
+    threshold: Optional[float] = None
 
     def __len__(self) -> int:
         return len(self.image_scores)
+
+    def __repr__(self) -> str:
+        """A one-line summary (never the arrays): N, score range, anomalous count, threshold, random-init flag."""
+        n = len(self)
+        parts = [f"{n} image{'s' if n != 1 else ''}"]
+        if n:
+            parts.append(f"scores {float(np.min(self.image_scores)):.4g}..{float(np.max(self.image_scores)):.4g}")
+        if self.labels is not None:
+            parts.append(f"{int(np.sum(self.labels))} anomalous at threshold {self.threshold:.4g}"
+                         if self.threshold is not None else f"{int(np.sum(self.labels))} anomalous")
+        else:
+            parts.append("no threshold (call calibrate() or set threshold_)")
+        if self.info.get("model"):
+            parts.append(f"model {self.info['model']}")
+        if self.info.get("random_init"):
+            parts.append("random-init backbone")
+        return f"Prediction({', '.join(parts)})"
+
+    __str__ = __repr__
 
     def records(self) -> list[dict]:
         """One dict per image: path, score, label (for CSV / JSON export)."""
@@ -60,6 +86,23 @@ class Detector:
 
     name: ClassVar[str] = "detector"
     zero_shot: ClassVar[bool] = False
+    #: numeric ranges checked when a model is built, interval notation; merged over subclasses
+    setting_ranges: ClassVar[dict[str, str]] = {"batch_size": "[1, inf)"}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each subclass's `__init__` so every setting is type- and range-checked once it is stored."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked_init(self, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self).__init__ is checked_init:  # only the outermost __init__ checks (after all settings exist)
+                check_settings(type(self), {k: getattr(self, k) for k in _param_names(type(self)) if hasattr(self, k)})
+
+        cls.__init__ = checked_init  # type: ignore[method-assign]
 
     # ---- settings -------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -68,7 +111,9 @@ class Detector:
         return {k: _jsonable(getattr(self, k)) for k in sig.parameters if k != "self"}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        """Settings that differ from the defaults only (as scikit-learn), so a REPL echo of `fit(...)` stays one line."""
+        defaults = {k: _jsonable(p.default) for k, p in inspect.signature(type(self).__init__).parameters.items() if k != "self"}
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k not in defaults or defaults[k] != v)
         return f"{type(self).__name__}({args})"
 
     @property
@@ -119,15 +164,20 @@ class Detector:
         """Score images: image scores, anomaly maps, and labels when a threshold is set."""
         self._check_fitted("predict")
         ds = as_dataset(data, self.transform)
-        scores, maps, masks, paths = [], [], [], []
+        scores, maps, masks, paths, parts = [], [], [], [], []
         for images, batch_masks, samples in self._batches(ds, f"{self.name}: scoring"):
-            s, m = self._predict_batch(images)
-            scores.append(np.asarray(s, dtype=np.float64))
-            maps.append(np.asarray(m, dtype=np.float32))
+            out = self._predict_batch(images)  # (scores, maps) or (scores, maps, {name: (B,) array})
+            scores.append(np.asarray(out[0], dtype=np.float64))
+            maps.append(np.asarray(out[1], dtype=np.float32))
+            parts.append(out[2] if len(out) > 2 else {})
             masks.append(batch_masks)
             paths += [smp.path for smp in samples]
         image_scores, anomaly_maps = self._postprocess(np.concatenate(scores), np.concatenate(maps))
-        return self._prediction(ds, image_scores, anomaly_maps, masks, paths)
+        pred = self._prediction(ds, image_scores, anomaly_maps, masks, paths)
+        names = set(parts[0]) if parts else set()
+        if names and all(set(p) == names for p in parts):
+            pred.components = {k: np.concatenate([np.asarray(p[k], dtype=np.float64) for p in parts]) for k in sorted(names)}
+        return pred
 
     def _batches(self, ds: ImageDataset, description: str):
         """(images, masks, samples) batches of `ds` through this model's transform."""
@@ -141,13 +191,15 @@ class Detector:
         gt_masks = None
         if ds.has_masks and all(m is not None for m in masks):
             gt_masks = np.concatenate([m.numpy() for m in masks])
-        return Prediction(image_scores, anomaly_maps.astype(np.float32, copy=False), labels, paths, gt, gt_masks, self.info())
+        return Prediction(image_scores, anomaly_maps.astype(np.float32, copy=False), labels, paths, gt, gt_masks, self.info(),
+                          threshold=None if threshold is None else float(threshold))
 
     @property
     def batch_size_for_predict(self) -> int:
         return int(getattr(self, "batch_size", 8))
 
-    def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_batch(self, images: torch.Tensor) -> tuple:
+        """(scores (B,), maps (B, H, W)), optionally with a third item {component name: (B,) array}."""
         raise NotImplementedError
 
     def _postprocess(self, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,16 +209,28 @@ class Detector:
     def calibrate(self, normal_data: DataLike, fpr: float = 0.01) -> "Detector":
         """Set `threshold_` from normal images only: the (1 − fpr) quantile of their image scores.
 
-        Use held-out normal images (not the ones given to `fit`): their scores are biased low.
+        Use held-out normal images (not the ones given to `fit`): their scores are biased low. n images resolve
+        rates down to 1/(n+1) (the expected false-positive rate on new normals of a threshold at their highest
+        score); asking for less warns and reports that rate. `calibration_` records n_images, fpr_requested,
+        fpr_empirical (share of the calibration images above the threshold) and fpr_achievable.
         """
-        if not 0.0 <= fpr < 1.0:
-            raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+        check_fpr(fpr)
         self._check_fitted("calibrate")
         pred = self.predict(normal_data)
         if pred.gt_labels is not None and (pred.gt_labels == 1).any():
             raise ValueError("calibrate() takes normal images only; the data given holds anomalous samples")
+        n = len(pred)
+        if n < 2:
+            raise DataError(f"calibrate() needs at least 2 normal images to set a threshold, got {n}"
+                            + (f" ({pred.paths[0]})" if pred.paths else ""))
         self.threshold_ = float(np.quantile(pred.image_scores, 1.0 - fpr, method="higher"))
-        self.calibration_ = {"fpr": fpr, "n_images": int(len(pred))}
+        achievable = 1.0 / (n + 1)
+        if fpr > 0 and n < 1.0 / fpr:
+            warnings.warn(f"{n} calibration images cannot resolve fpr={fpr:g} (that needs >= {int(np.ceil(1.0 / fpr))}); "
+                          f"the lowest false-positive rate they support is about {achievable:.3g}", UserWarning, stacklevel=2)
+        self.calibration_ = {"n_images": int(n), "fpr_requested": float(fpr),
+                             "fpr_empirical": float(np.mean(pred.image_scores > self.threshold_)),
+                             "fpr_achievable": float(achievable)}
         return self
 
     def info(self) -> dict:
@@ -188,14 +252,19 @@ class Detector:
         """JSON-serialisable fitted state that is not a tensor (subclasses)."""
         return {}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write `config.json` + `model.safetensors` into the directory `path`, atomically."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write `config.json` + `model.safetensors` into the directory `path`, atomically.
+
+        `path` must not exist or be an empty folder; replacing a saved model needs `overwrite=True`, and a
+        folder holding anything else is never replaced. A crash mid-save leaves the old model as it was.
+        """
         from safetensors.torch import save_file
 
         from . import __version__
 
         self._check_fitted("save")
         path = Path(path)
+        check_save_target(path, overwrite)
         config = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -213,6 +282,45 @@ class Detector:
             save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT_NAME})
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         return path
+
+
+def check_fpr(fpr: float) -> None:
+    """A false-positive rate must lie in [0, 1) (0 = above every calibration score)."""
+    if not isinstance(fpr, (int, float)) or isinstance(fpr, bool) or not 0.0 <= fpr < 1.0:
+        raise SettingError(f"fpr must be a number in [0, 1), got {fpr!r}")
+
+
+def check_save_target(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to save where files would be lost: a file, a non-empty folder that is not a model, or a model
+    folder holding other files; an existing model only with `overwrite` (CLI: --force)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not a model folder; choose another output path")
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    if not _is_model_dir(path):
+        raise OutputExistsError(f"{path} is a non-empty folder that is not an anomalens model; refusing to replace it "
+                                "(choose a new or empty folder)")
+    others = [e for e in entries if e not in (CONFIG_FILE, TENSORS_FILE)]
+    if others:
+        raise OutputExistsError(f"model folder {path} also holds other files ({', '.join(others[:3])}"
+                                f"{', ...' if len(others) > 3 else ''}); refusing to replace it")
+    if not overwrite:
+        raise OutputExistsError(f"{path} already holds a saved model; pass overwrite=True (CLI: --force) to replace it")
+
+
+def _is_model_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _param_names(cls: type) -> list[str]:
+    return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
 
 
 def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any) -> Detector:
@@ -248,8 +356,12 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     unknown = sorted(set(overrides) - set(settings))
     if unknown:
         raise ModelFormatError(f"{entry.name} has no setting(s) {unknown}; valid: {sorted(settings)}")
+    check_settings(entry.cls, overrides)  # a bad override is the caller's, not the file's
     settings.update(overrides)
-    model = entry.cls(**settings)
+    try:
+        model = entry.cls(**settings)
+    except (SettingError, TypeError) as exc:
+        raise ModelFormatError(f"{cfg_path}: {exc}") from exc
     try:
         tensors = load_safetensors_mmap(tensor_path)
     except (ValueError, OSError, KeyError) as exc:

@@ -26,3 +26,11 @@ class UnknownModelError(AnomalensError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class SettingError(AnomalensError, ValueError):
+    """A model setting has the wrong type or is out of range (named, with what was expected)."""
+
+
+class OutputExistsError(AnomalensError, FileExistsError):
+    """Writing would replace files the user did not ask to replace."""

@@ -19,6 +19,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target = tmp / "payload"
     try:
         yield target
+        _default_permissions(target)
         if path.is_dir() and target.is_dir():
             backup = tmp / "old"
             os.replace(path, backup)  # swap: both renames stay within one filesystem
@@ -33,6 +34,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_permissions(target: Path) -> None:
+    """Give a freshly written file or tree the modes a plain `open()` / `mkdir` would (0666 / 0777 minus the umask):
+    temporary files (and safetensors) are created 0600, which would otherwise leak into the final output."""
+    if not target.exists():
+        return
+    mask = _umask()
+    paths = [target] + (sorted(target.rglob("*")) if target.is_dir() else [])
+    for p in paths:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -103,6 +103,23 @@ def create_clip(model_name: str, weights: Optional[str] = None, device: str | to
     return model.eval(), preprocess, tokenizer
 
 
+def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
+    """encode_text with the context cut at the longest real prompt (EOT + 1): exact, because attention is causal
+    and the EOT token pools the output; public open_clip modules only."""
+    from open_clip.transformer import text_global_pool
+
+    L = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the largest token id
+    t = tokens[:, :L]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast) + model.positional_embedding[:L].to(cast)
+    mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
+    x = model.ln_final(model.transformer(x, attn_mask=mask))
+    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection if model.text_projection is not None else x
+
+
 class ClipBackbone(nn.Module):
     """Wraps an open_clip model: image embedding plus the token maps of chosen transformer blocks."""
 

@@ -42,6 +42,22 @@ def user_errors(fn):
     return wrapper
 
 
+def warn(message: str) -> None:
+    """One yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def calibrate_with_warnings(det, calib, fpr: float) -> None:
+    """`det.calibrate(calib, fpr)` with its warnings (e.g. too few images for the rate) as one console line each."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.calibrate(calib, fpr=fpr)
+    for w in caught:
+        warn(str(w.message))
+
+
 def parse_settings(items: Optional[List[str]]) -> dict:
     """`key=value` pairs; values parsed as Python literals (numbers, None, lists), else kept as strings."""
     out = {}
@@ -100,7 +116,7 @@ def split_holdout(ds, holdout: float, seed: int = 0):
 
     n = len(ds)
     n_hold = int(round(n * holdout))
-    if holdout <= 0 or n_hold == 0 or n - n_hold < 1:
+    if holdout <= 0 or n_hold < 2 or n - n_hold < 1:  # one image cannot calibrate a threshold
         return ds, None
     perm = np.random.default_rng(seed).permutation(n)
     return ds.subset(sorted(perm[n_hold:].tolist())), ds.subset(sorted(perm[:n_hold].tolist()))

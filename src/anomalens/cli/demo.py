@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, console, create_with_fallback, metrics_table, split_holdout, user_errors, write_overlays
+from .common import DEVICE_HELP, calibrate_with_warnings, console, create_with_fallback, metrics_table, split_holdout, user_errors, write_overlays
 
 DEMO_SETTINGS = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "coreset_ratio": 0.1}
 
@@ -37,10 +37,10 @@ def demo(
     for cat in cats:
         console.print(f"[bold]{cat}[/bold]: fitting patchcore ({settings['backbone']})")
         model = create_with_fallback("patchcore", settings)
-        train, calib = split_holdout(MVTecAD(data_root, cat, "train"), 0.2, seed)
+        train, calib = split_holdout(MVTecAD(data_root, cat, "train"), max(0.2, 2 / n_train), seed)  # >= 2 to calibrate
         model.fit(train)
         if calib is not None:
-            model.calibrate(calib, fpr=0.01)
+            calibrate_with_warnings(model, calib, 0.01)
         report = anomalens.evaluate(model, MVTecAD(data_root, cat, "test"))
         rand = rand or model.random_init
         rows[cat] = report.metrics

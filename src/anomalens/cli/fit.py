@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, RANDOM_INIT_TAG, SET_HELP, console, open_dataset, parse_settings, split_holdout, user_errors
+from .common import (DEVICE_HELP, RANDOM_INIT_TAG, SET_HELP, calibrate_with_warnings, console, open_dataset, parse_settings,
+                     split_holdout, user_errors, warn)
 
 
 @user_errors
@@ -17,24 +18,37 @@ def fit(
     dataset: str = typer.Option("folder", help="folder | mvtec | visa"),
     category: Optional[str] = typer.Option(None, help="category, for mvtec / visa"),
     setting: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-    holdout: float = typer.Option(0.2, help="fraction of normal images held out to calibrate the threshold (0 = none)"),
-    fpr: float = typer.Option(0.01, help="false-positive rate on held-out normals that sets the threshold"),
+    holdout: float = typer.Option(0.2, help="fraction of normal images held out to calibrate the threshold, 0 <= h < 1 (0 = none)"),
+    fpr: float = typer.Option(0.01, help="false-positive rate on held-out normals that sets the threshold, 0 < fpr < 1"),
+    force: bool = typer.Option(False, "--force", help="replace a model already saved at --out"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Fit a detector on normal images, calibrate its threshold on held-out normals, save it."""
     import anomalens
+    from anomalens.detector import check_save_target
 
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"--holdout must be in [0, 1), got {holdout}")
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
     settings = parse_settings(setting) | {"device": device}
+    det = anomalens.create(model, **settings)
     ds = open_dataset(data, dataset, category, "train")
-    det = anomalens.create(model, **settings).setup()
+    check_save_target(out, overwrite=force)  # before any work: never fit for minutes, then refuse to save
+    det.setup()
     train, calib = split_holdout(ds, holdout)
+    if holdout > 0 and calib is None:
+        warn(f"{len(ds)} images leave fewer than 2 to hold out at --holdout {holdout:g}: no threshold calibrated "
+             "(add normal images or raise --holdout)")
     det.fit(train)
     if calib is not None:
-        det.calibrate(calib, fpr=fpr)
-    det.save(out)
-    thr = det.threshold_
-    console.print(f"saved {det.name} to {out} ({len(train)} training images; threshold {thr if thr is None else f'{thr:.4f}'})"
-                  + (RANDOM_INIT_TAG if det.random_init else ""))
+        calibrate_with_warnings(det, calib, fpr)
+    det.save(out, overwrite=force)
+    thr, cal = det.threshold_, getattr(det, "calibration_", None)
+    calib_txt = (f"threshold {thr:.4f} from {cal['n_images']} held-out normals, empirical FPR {cal['fpr_empirical']:.3g}"
+                 if thr is not None and cal else "no threshold")
+    console.print(f"saved {det.name} to {out} ({len(train)} training images; {calib_txt})"
+                  + (RANDOM_INIT_TAG if det.random_init else ""), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

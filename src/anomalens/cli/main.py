@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from pathlib import Path
+
 import typer
 
-#: command modules, in the order their commands appear in --help
-COMMAND_MODULES = ("demo", "fit", "predict", "evaluate", "benchmark", "report", "datasets", "models")
+#: command modules listed first in --help; every other module of this package with a `register(app)` follows,
+#: alphabetically (a new command group is a new module: no list to edit)
+FIRST = ("demo", "fit", "predict", "evaluate", "models")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Industrial visual anomaly detection.")
 
@@ -25,8 +29,16 @@ def _root(
     """Industrial visual anomaly detection: PatchCore, WinCLIP, MuSc, CLIP-AD and more behind one CLI."""
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f".{_name}", __package__).register(app)
+def command_modules() -> list[str]:
+    """Names of the command modules in --help order."""
+    names = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in ("main", "common")]
+    return [n for n in FIRST if n in names] + sorted(n for n in names if n not in FIRST)
+
+
+for _name in command_modules():
+    _module = importlib.import_module(f".{_name}", __package__)
+    if hasattr(_module, "register"):
+        _module.register(app)
 
 
 def main() -> None:

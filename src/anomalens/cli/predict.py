@@ -1,14 +1,12 @@
-"""`anomalens predict`: score images with a saved model; CSV/JSON of scores and labels, plus overlays."""
+"""`anomalens predict`: score images with a saved model, streamed: CSV/JSON rows as they come, overlays, resumable."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, RANDOM_INIT_TAG, console, parse_settings, user_errors, write_overlays
+from .common import DEVICE_HELP, RANDOM_INIT_TAG, console, err_console, parse_settings, user_errors, write_overlays
 
 
 @user_errors
@@ -20,33 +18,59 @@ def predict(
     overlays: bool = typer.Option(True, help="write heat-map overlays"),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="override a saved run-time setting key=value (e.g. batch_size=16)"),
     threshold: Optional[float] = typer.Option(None, help="decision threshold on the image score (overrides the calibrated one)"),
+    resume: bool = typer.Option(True, help="continue an interrupted run in the same --out folder (skip images already "
+                                           "written); --no-resume starts the output afresh"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run on Ray Data: 'auto' (a local or the running cluster) or "
+                                                          "a cluster ADDRESS; writes predictions.parquet"),
+    workers: int = typer.Option(2, help="image-reading threads (or Ray model actors with --ray)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
-    """Score images with a saved model: a CSV/JSON of scores and labels, plus overlays."""
+    """Score images with a saved model: a CSV/JSON row per image (unreadable files with the reason), plus overlays.
+
+    Rows are written batch by batch, so a folder of any size runs in bounded memory and an interrupted run
+    resumes where it stopped.
+    """
     import anomalens
-    from anomalens.io import write_json, write_text
 
     if fmt not in ("csv", "json"):
         raise ValueError(f"--format must be csv or json, got {fmt!r}")
-    det = anomalens.load(model_dir, device=device, **parse_settings(setting))
-    if threshold is not None:
-        det.threshold_ = float(threshold)
-    pred = det.predict(images)
-    records = pred.records()
-    if fmt == "json":
-        path = write_json(out / "predictions.json", {"info": pred.info, "threshold": det.threshold_,
-                                                      "calibration": getattr(det, "calibration_", None), "predictions": records})
+    settings = parse_settings(setting)
+    if ray is not None:
+        from anomalens.deploy.ray_predict import predict_ray
+
+        summary = predict_ray(model_dir, images, out, address=ray, num_actors=workers, device=device,
+                              threshold=threshold, settings=settings, csv=fmt == "csv", resume=resume)
+        det = None
     else:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["path", "score", "anomalous", "random_init"])
-        w.writeheader()
-        w.writerows([r | {"random_init": det.random_init} for r in records])
-        path = write_text(out / "predictions.csv", buf.getvalue())
-    if overlays:
-        write_overlays(pred, det.transform, out / "overlays")
-    n_anom = int(pred.labels.sum()) if pred.labels is not None else None
-    console.print(f"scored {len(pred)} images -> {path}" + (f" ({n_anom} anomalous)" if n_anom is not None else " (no threshold set)")
-                  + (RANDOM_INIT_TAG if det.random_init else ""))
+        from anomalens.deploy.stream import finish_json, predict_stream
+
+        det = anomalens.load(model_dir, device=device, **settings)
+        if threshold is not None:
+            det.threshold_ = float(threshold)
+        draw = (lambda pred: write_overlays(pred, det.transform, out / "overlays")) if overlays else None
+        summary = predict_stream(det, images, out, fmt="csv" if fmt == "csv" else "jsonl", resume=resume,
+                                 num_workers=workers, on_batch=draw)
+        if fmt == "json":
+            summary.path = finish_json(summary.path, out / "predictions.json", {
+                "info": det.info(), "threshold": det.threshold_, "calibration": getattr(det, "calibration_", None)})
+    _report(summary, det, threshold is not None)
+
+
+def _report(summary, det, manual: bool) -> None:
+    from anomalens.deploy.stream import calibration_note
+
+    random_init = det.random_init if det is not None else summary.random_init
+    n_new = summary.n_scored + summary.n_failed
+    line = f"scored {summary.n_scored} images -> {summary.path}"
+    line += f" ({summary.n_anomalous} anomalous)" if summary.n_anomalous is not None else " (no threshold set)"
+    if summary.n_failed:
+        line += f"; [red]{summary.n_failed} unreadable[/red] (reason in the error column)"
+    if summary.n_resumed:
+        line += f"; {summary.n_resumed} already done in an earlier run, {n_new} new"
+    console.print(line + (RANDOM_INIT_TAG if random_init else ""), highlight=False, soft_wrap=True)
+    console.print(calibration_note(det, manual) if det is not None else summary.calibration_note, highlight=False, soft_wrap=True)
+    for path, reason in summary.failures[:5]:
+        err_console.print(f"[yellow]unreadable:[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,7 @@
 """Built-in detectors (importing this package registers them)."""
+from .clipad import CLIPAD
 from .musc import MuSc
 from .patchcore import PatchCore
 from .winclip import WinCLIP
 
-__all__ = ["MuSc", "PatchCore", "WinCLIP"]
+__all__ = ["CLIPAD", "MuSc", "PatchCore", "WinCLIP"]

@@ -46,12 +46,16 @@ class PatchCore(Detector):
     has run, else those of the images being predicted (the official code's transductive protocol).
     """
 
+    setting_ranges = {"coreset_ratio": "(0, 1]", "patch_size": "[1, inf)", "pretrain_dim": "[1, inf)", "target_dim": "[1, inf)",
+                      "projection_dim": "[1, inf)", "num_neighbors": "[1, inf)", "reweight_b": "[1, inf)", "sigma": "[0, inf)",
+                      "resize": "[1, inf)", "crop": "[1, inf)"}
+
     def __init__(
         self,
         backbone: Union[str, Sequence[str]] = "wide_resnet50_2",
         layers: Optional[Sequence] = None,
         weights: Optional[str] = "imagenet",
-        resize: int = 256,
+        resize: Union[int, Sequence[int], None] = 256,
         crop: Optional[int] = 224,
         patch_size: int = 3,
         pretrain_dim: int = 1024,

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...backbones import create_clip
+from ...backbones import create_clip, encode_text_truncated
 from ...data import CLIP_MEAN, CLIP_STD, ImageDataset, ImageTransform
 from ...detector import Detector
 from ...registry import register_model
@@ -16,7 +16,6 @@ from .torch_model import (
     anomaly_probability,
     embed_tokens,
     encode_sequences,
-    encode_text_truncated,
     harmonic_aggregate,
     min_cosine_distance,
     tile_offsets,

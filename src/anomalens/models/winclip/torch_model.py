@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...backbones.clip import encode_text_truncated  # noqa: F401  (shared with CLIP-AD; re-exported)
+
 
 def window_indices(grid: int, k: int) -> torch.Tensor:
     """(nW, k²) patch indices of every k×k window, stride 1, row-major over corners and inside windows."""
@@ -68,23 +70,6 @@ def min_cosine_distance(q: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     """Eq. 4: min over the memory of ½(1 − cos) for every query row; q (..., D), memory (R, D) (rows L2-normalised)."""
     sims = F.normalize(q, dim=-1) @ memory.T
     return 0.5 * (1.0 - sims.amax(dim=-1))
-
-
-def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
-    """encode_text with the context cut at the longest real prompt (EOT + 1): exact, because attention is causal
-    and the EOT token pools the output; public open_clip modules only."""
-    from open_clip.transformer import text_global_pool
-
-    L = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the largest token id
-    t = tokens[:, :L]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(t).to(cast) + model.positional_embedding[:L].to(cast)
-    mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
-    x = model.ln_final(model.transformer(x, attn_mask=mask))
-    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if isinstance(model.text_projection, torch.nn.Linear):
-        return model.text_projection(x)
-    return x @ model.text_projection if model.text_projection is not None else x
 
 
 def tile_offsets(length: int, side: int, max_stride_ratio: float = 0.8) -> list[int]:

@@ -1,0 +1,63 @@
+"""`anomalens train-generator | generate | evaluate-generator`: AnomalyDiffusion defect generation.
+
+torch / diffusers are imported inside the commands so `anomalens --help` stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import DEVICE_HELP, console, user_errors
+
+
+@user_errors
+def train_generator(
+    root: Path = typer.Argument(..., help="MVTec-layout dataset root"),
+    category: str = typer.Option(..., "--category", help="category folder, e.g. hazelnut"),
+    defect: str = typer.Option(..., "--defect", help="defect folder under test/, e.g. crack"),
+    out: Path = typer.Option(..., "--out", "-o", help="generator folder (GEN_DIR) to write"),
+    config: Optional[str] = typer.Option(None, "--config", help="tiny | a local LDM folder/.ckpt | a settings .json "
+                                         "(default: CompVis/ldm-text2im-large-256 from the local cache)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="SAE training steps (mask model: a tenth)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="training seed (default 23)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue from GEN_DIR/checkpoint"),
+):
+    """Train the anomaly embedding + spatial encoder and the mask model on the first third of one defect type."""
+    from anomalens.generation import train
+
+    pipe = train(root, category, defect, out, config=config, steps=steps, seed=seed, device=device, resume=resume)
+    console.print(f"trained generator for {pipe.defects[0]} -> {out}")
+
+
+@user_errors
+def generate(
+    gen_dir: Path = typer.Argument(..., help="a folder written by `anomalens train-generator`"),
+    normal_images: List[str] = typer.Argument(..., help="normal images: files, folders or glob patterns"),
+    n: int = typer.Option(..., "-n", help="number of (image, mask) pairs"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (gets test/D and ground_truth/D)"),
+    seed: int = typer.Option(0, "--seed", help="seed: same seed, same bytes"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default 200)"),
+    defect: Optional[str] = typer.Option(None, "--defect", help="defect type when GEN_DIR holds several"),
+    masks: Optional[List[str]] = typer.Option(None, "--masks", help="use these masks (files/folders/globs) instead "
+                                              "of sampling the mask model"),
+    aar: Optional[bool] = typer.Option(None, "--aar/--no-aar", help="adaptive attention re-weighting (default: per "
+                                       "defect type heuristic)"),
+    batch_size: int = typer.Option(4, help="images per DDIM batch"),
+    force: bool = typer.Option(False, "--force", help="write into a non-empty output folder"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+):
+    """Generate N defect images with pixel masks, written as an MVTec-layout test set."""
+    from anomalens.generation.generate import generate_dataset
+
+    files = generate_dataset(gen_dir, normal_images, n, out, seed=seed, steps=steps, defect=defect, masks=masks,
+                             force=force, device=device, batch_size=batch_size, use_aar=aar)
+    console.print(f"wrote {len(files)} image/mask pairs -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the generation commands to the app."""
+    app.command("train-generator")(train_generator)
+    app.command("generate")(generate)

@@ -1,0 +1,348 @@
+"""Streaming batch prediction: any number of images in bounded memory, written as they come, resumable.
+
+`predict_stream(model, images, out_dir)` lists images lazily (folders walked, globs expanded on the fly), reads
+each batch in background threads while the previous one is scored, appends one row per image to
+`predictions.csv` (or `predictions.jsonl`) and flushes + fsyncs it after every batch. An interrupted run
+continues where it stopped: paths already in the output are skipped, and a half-written last line is cut off
+before appending. An image that cannot be read gets a row with its reason in the `error` column; nothing is
+skipped silently. Anomaly maps live for one batch only (hand them to `on_batch`, e.g. to draw overlays).
+
+Models whose scores depend on the whole set (MuSc's mutual scoring, an uncalibrated PatchCore ensemble's
+min–max normalisation) are scored in one pass over every readable image, as `Detector.predict` does.
+"""
+from __future__ import annotations
+
+import csv
+import glob as _glob
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..data import ImageTransform, load_image
+from ..data.image_io import is_image_file
+from ..detector import Detector, Prediction
+from ..errors import DataError
+from ..io import atomic_path
+from ..progress import track
+
+FIELDS = ["path", "score", "anomalous", "random_init", "error"]
+RUN_FILE = "run.json"
+#: settings that change how a model runs, not what it scores: a resumed run may differ in these
+RUNTIME_SETTINGS = {"device", "batch_size", "feature_dir", "cache_dir", "token_cache"}
+
+
+# ----------------------------------------------------------------------------------------------- listing
+def iter_image_paths(items: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> Iterator[str]:
+    """Image files of folders (walked recursively, sorted per folder), glob patterns and files, lazily.
+
+    A pattern or folder without images, or a path that does not exist, is a DataError (named).
+    """
+    items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
+    if not items:
+        raise DataError("empty list of images")
+    for item in items:
+        s, p = str(item), Path(item)
+        n = 0
+        if any(ch in s for ch in "*?[") and not p.exists():
+            for hit in sorted(_glob.glob(s, recursive=True)):  # the matches' names only
+                if is_image_file(hit) and not os.path.isdir(hit):
+                    n += 1
+                    yield hit
+            if n == 0:
+                raise DataError(f"no images match the pattern {s}")
+        elif p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if is_image_file(name) and not name.startswith("."):
+                        n += 1
+                        yield os.path.join(root, name)
+            if n == 0:
+                raise DataError(f"no images found in {p}")
+        elif p.exists():
+            yield s
+        else:
+            raise DataError(f"path not found: {p}")
+
+
+def load_for_model(path: str, transform: ImageTransform) -> tuple[Optional[torch.Tensor], Optional[str]]:
+    """(normalised (3, h, w) image, None) or (None, the reason it cannot be read)."""
+    try:
+        return transform.image(load_image(path)), None
+    except (DataError, OSError, ValueError, RuntimeError) as exc:  # decoding / geometry failures of this one file
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+def needs_whole_set(model: Detector) -> bool:
+    """True when a model's scores of one image depend on the other images scored with it."""
+    if type(model).predict is not Detector.predict:  # e.g. MuSc: mutual scoring of the set
+        return True
+    banks = getattr(model, "memory_banks_", None)
+    return banks is not None and len(banks) > 1 and getattr(model, "member_stats_", None) is None
+
+
+def score_images(model: Detector, images: Sequence[torch.Tensor]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """Score transformed images of possibly different sizes: [(indices, scores (n,), maps (n, H, W))] per size."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(images):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    out = []
+    with torch.inference_mode():
+        for idx in groups.values():
+            s, m = model._predict_batch(torch.stack([images[i] for i in idx]))
+            s, m = model._postprocess(np.asarray(s, dtype=np.float64), np.asarray(m, dtype=np.float32))
+            out.append((idx, np.asarray(s, dtype=np.float64), np.asarray(m, dtype=np.float32)))
+    return out
+
+
+def _labels(model: Detector, scores: np.ndarray) -> Optional[np.ndarray]:
+    t = getattr(model, "threshold_", None)
+    return None if t is None else scores > t
+
+
+# ----------------------------------------------------------------------------------------------- output log
+def run_signature(model: Detector) -> dict:
+    """What must match for a run to be resumed: model, scoring settings, threshold."""
+    params = {k: v for k, v in model.get_params().items() if k not in RUNTIME_SETTINGS}
+    return {"model": model.name, "settings": params, "threshold": getattr(model, "threshold_", None)}
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Drop a half-written last line (a crash mid-append), reading only the file's tail."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as fh:
+        pos = size
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            if pos == size and chunk.endswith(b"\n"):
+                return
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                fh.truncate(start + cut + 1)
+                return
+            pos = start
+        fh.truncate(0)
+
+
+class ResultLog:
+    """Append-only CSV / JSON-lines log of per-image results; one write + fsync per batch; resumable."""
+
+    def __init__(self, path: Path, signature: dict, resume: bool = True):
+        self.path, self.fmt = Path(path), ("jsonl" if str(path).endswith(".jsonl") else "csv")
+        self.run_path = self.path.parent / RUN_FILE
+        self.done: set[str] = set()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists() and self.path.stat().st_size > 0:
+            saved = json.loads(self.run_path.read_text()) if self.run_path.is_file() else None
+            if saved != json.loads(json.dumps(signature)):
+                raise DataError(f"{self.path} holds results of another model, setting or threshold "
+                                f"(see {self.run_path}); pass --no-resume (resume=False) to start it afresh")
+            _cut_partial_line(self.path)
+            self.done = set(self._read_paths())
+            self.fh = open(self.path, "a", newline="")
+            if self.fmt == "csv" and self.path.stat().st_size == 0:
+                self._write(self._header())
+        else:
+            with atomic_path(self.run_path) as tmp:
+                tmp.write_text(json.dumps(signature, indent=2) + "\n")
+            self.fh = open(self.path, "w", newline="")
+            if self.fmt == "csv":
+                self._write(self._header())
+        self.n_resumed = len(self.done)
+
+    def _header(self) -> str:
+        return ",".join(FIELDS) + "\n"
+
+    def _read_paths(self) -> Iterator[str]:
+        with open(self.path, newline="") as fh:
+            if self.fmt == "csv":
+                for row in csv.DictReader(fh):
+                    yield row["path"]
+            else:
+                for line in fh:
+                    if line.strip():
+                        yield json.loads(line)["path"]
+
+    def _write(self, text: str) -> None:
+        self.fh.write(text)  # one write per batch: a crash leaves whole rows plus at most one partial line
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def append(self, rows: list[dict]) -> None:
+        """Write rows and make them durable."""
+        if not rows:
+            return
+        if self.fmt == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+            w.writerows([{k: ("" if r.get(k) is None else r[k]) for k in FIELDS} for r in rows])
+            text = buf.getvalue()
+        else:
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+        self._write(text)
+        self.done.update(r["path"] for r in rows)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+@dataclass
+class StreamSummary:
+    """Counts of one `predict_stream` run and the file it wrote."""
+
+    path: Path
+    n_scored: int = 0
+    n_failed: int = 0
+    n_anomalous: Optional[int] = 0
+    n_resumed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # the first few (path, reason)
+
+    @property
+    def n_total(self) -> int:
+        return self.n_scored + self.n_failed + self.n_resumed
+
+
+def _chunks(paths: Iterable[str], size: int, skip: set[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for p in paths:
+        if p in skip:
+            continue
+        skip.add(p)  # the same file named twice is scored once
+        batch.append(p)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_stream(
+    model: Detector,
+    images: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    out_dir: Union[str, os.PathLike],
+    *,
+    fmt: str = "csv",
+    batch_size: Optional[int] = None,
+    resume: bool = True,
+    num_workers: int = 2,
+    on_batch: Optional[Callable[[Prediction], None]] = None,
+) -> StreamSummary:
+    """Score `images` (folders, globs, files) into `out_dir/predictions.csv` (fmt 'csv') or `.jsonl` ('jsonl').
+
+    Rows: path, score, anomalous (None without a threshold), random_init, error (the reason an image could
+    not be read; its score is empty). `on_batch(prediction)` sees each scored batch with its maps.
+    """
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError(f"fmt must be 'csv' or 'jsonl', got {fmt!r}")
+    model._check_fitted("predict")
+    paths = iter_image_paths(images)
+    first = next(paths, None)  # fail on a bad first argument before any file is touched
+    log = ResultLog(Path(out_dir) / f"predictions.{fmt}", run_signature(model), resume)
+    summary = StreamSummary(log.path, n_resumed=log.n_resumed)
+    summary.n_anomalous = 0 if getattr(model, "threshold_", None) is not None else None
+    transform = model.transform
+    batch = len(log.done) + 10**12 if needs_whole_set(model) else int(batch_size or model.batch_size_for_predict)
+    all_paths = _prepend(first, paths)
+    try:
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            chunks = _chunks(all_paths, batch, set(log.done))
+            for names, loaded in track(_prefetched(pool, chunks, transform), f"{model.name}: scoring"):
+                _score_and_log(model, names, loaded, log, summary, on_batch)
+    finally:
+        log.close()
+    return summary
+
+
+def _prepend(first: Optional[str], rest: Iterator[str]) -> Iterator[str]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _prefetched(pool: ThreadPoolExecutor, chunks: Iterator[list[str]], transform: ImageTransform):
+    """(names, [(image, error)]) per batch; the next batch is read in the pool while this one is scored."""
+    submit = lambda names: (names, [pool.submit(load_for_model, p, transform) for p in names])  # noqa: E731
+    ahead = next(chunks, None)
+    ahead = submit(ahead) if ahead is not None else None
+    while ahead is not None:
+        names, futures = ahead
+        nxt = next(chunks, None)
+        ahead = submit(nxt) if nxt is not None else None
+        yield names, [f.result() for f in futures]
+
+
+def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary, on_batch) -> None:
+    rows: dict[int, dict] = {}
+    good = [i for i, (t, _) in enumerate(loaded) if t is not None]
+    for i, (_, err) in enumerate(loaded):
+        if err is not None:
+            rows[i] = {"path": names[i], "score": None, "anomalous": None, "random_init": model.random_init, "error": err}
+            summary.n_failed += 1
+            if len(summary.failures) < 20:
+                summary.failures.append((names[i], err))
+    if good:
+        if needs_whole_set(model):
+            pred = model.predict([names[i] for i in good])  # the set-level path reads the files itself
+            results = [(list(range(len(good))), pred.image_scores, pred.anomaly_maps)]
+        else:
+            results = score_images(model, [loaded[i][0] for i in good])
+        for idx, scores, maps in results:
+            labels = _labels(model, scores)
+            for j, k in enumerate(idx):
+                i = good[k]
+                rows[i] = {"path": names[i], "score": float(scores[j]), "random_init": model.random_init, "error": None,
+                           "anomalous": None if labels is None else bool(labels[j])}
+            summary.n_scored += len(idx)
+            if labels is not None:
+                summary.n_anomalous += int(labels.sum())
+            if on_batch is not None:
+                on_batch(Prediction(scores, maps, labels, [names[good[k]] for k in idx], info=model.info()))
+    log.append([rows[i] for i in range(len(names))])
+
+
+def calibration_note(model: Detector, manual: bool = False) -> str:
+    """One line on the threshold and what `calibration_` recorded (set size, asked and empirical FPR)."""
+    t = getattr(model, "threshold_", None)
+    if t is None:
+        return "no threshold set: scores only"
+    if manual:
+        return f"threshold {t:.6g} (given on the command line)"
+    cal = getattr(model, "calibration_", None) or {}
+    parts = []
+    if "n_images" in cal:
+        parts.append(f"{cal['n_images']} normal images")
+    if "fpr" in cal:
+        parts.append(f"target FPR {cal['fpr']:g}")
+    for key in ("fpr_empirical", "empirical_fpr"):
+        if key in cal and cal[key] is not None:
+            parts.append(f"empirical FPR {cal[key]:.3g}")
+    extra = {k: v for k, v in cal.items() if k not in ("n_images", "fpr", "fpr_empirical", "empirical_fpr")}
+    parts += [f"{k} {v}" for k, v in extra.items() if isinstance(v, (int, float, str, bool))]
+    return f"threshold {t:.6g}" + (f" (calibrated on {', '.join(parts)})" if parts else " (set by hand or uncalibrated)")
+
+
+def finish_json(log_path: Path, out_path: Path, header: dict) -> Path:
+    """Assemble `{...header, "predictions": [rows]}` from a JSON-lines log, streaming (never all rows in memory)."""
+    with atomic_path(out_path) as tmp, open(tmp, "w") as out, open(log_path) as src:
+        head = json.dumps(dict(header, predictions=[]), indent=2, default=str)
+        out.write(head[: head.rindex("[") + 1] + "\n")
+        first = True
+        for line in src:
+            if line.strip():
+                out.write(("" if first else ",\n") + "    " + line.strip())
+                first = False
+        out.write("\n  ]\n}\n")
+    return out_path

@@ -1,0 +1,152 @@
+"""Streaming predict: equal to Detector.predict, bounded batches, unreadable files reported, resumable, CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from anomalens.cli import app
+from anomalens.deploy.stream import needs_whole_set, predict_stream
+from anomalens.errors import DataError
+
+from conftest import tiny_patchcore
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_root):
+    return tiny_patchcore().fit(str(synthetic_root / "weave" / "train" / "good"))
+
+
+@pytest.fixture()
+def folder(tmp_path, synthetic_root):
+    """A predict folder: 8 test images in two sub-folders, plus a corrupt PNG and a text file named .jpg."""
+    root = tmp_path / "incoming"
+    shutil.copytree(synthetic_root / "weave" / "test" / "good", root / "a")
+    shutil.copytree(synthetic_root / "weave" / "test" / "hole", root / "b")
+    shutil.copytree(synthetic_root / "weave" / "test" / "stain", root / "b" / "c")
+    good = next((root / "a").glob("*.png"))
+    (root / "a" / "zz_truncated.png").write_bytes(good.read_bytes()[:200])
+    (root / "b" / "notes.jpg").write_text("not an image")
+    return root
+
+
+def rows_of(path):
+    return list(csv.DictReader(open(path, newline="")))
+
+
+def reference_scores(model, paths):
+    pred = model.predict(sorted(paths))
+    return dict(zip(pred.paths, pred.image_scores))
+
+
+def test_stream_equals_predict_and_reports_unreadable(fitted, folder, tmp_path):
+    fitted.threshold_ = 0.5
+    seen = []
+    summary = predict_stream(fitted, folder, tmp_path / "out", batch_size=3, on_batch=lambda p: seen.append(len(p)))
+    rows = rows_of(summary.path)
+    readable = [r for r in rows if not r["error"]]
+    failed = {r["path"].rsplit("/", 1)[1]: r for r in rows if r["error"]}
+    assert set(failed) == {"zz_truncated.png", "notes.jpg"}
+    assert all(r["score"] == "" and "unreadable" in r["error"] for r in failed.values())
+    assert len(readable) == 8 and len({r["path"] for r in rows}) == len(rows) == 10
+    ref = reference_scores(fitted, [r["path"] for r in readable])
+    for r in readable:
+        assert float(r["score"]) == pytest.approx(ref[r["path"]], rel=1e-6, abs=1e-6)
+        assert r["anomalous"] == str(float(r["score"]) > 0.5)
+    assert max(seen) <= 3 and sum(seen) == 8  # maps only ever held one batch at a time
+    assert (summary.n_scored, summary.n_failed, summary.n_resumed) == (8, 2, 0)
+
+
+def test_resume_after_interruption_skips_done_and_cuts_partial_line(fitted, folder, tmp_path):
+    out = tmp_path / "out"
+    fitted.threshold_ = None
+
+    def crash(pred):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_stream(fitted, folder, out, batch_size=4, on_batch=crash)
+    assert rows_of(out / "predictions.csv") == []  # the crashed batch was never half-written
+    predict_stream(fitted, folder, out, batch_size=4, on_batch=lambda p: None)
+    full = rows_of(out / "predictions.csv")
+    # simulate a crash after 5 rows, mid-way through the sixth line
+    lines = (out / "predictions.csv").read_text().splitlines(keepends=True)
+    (out / "predictions.csv").write_text("".join(lines[:6]) + lines[6][:7])
+    summary = predict_stream(fitted, folder, out, batch_size=4)
+    rows = rows_of(out / "predictions.csv")
+    assert summary.n_resumed == 5 and summary.n_scored + summary.n_failed == 5
+    assert sorted(r["path"] for r in rows) == sorted(r["path"] for r in full)
+    by_path = {r["path"]: r for r in full}
+    for r in rows:
+        assert r["error"] == by_path[r["path"]]["error"]
+        if r["score"]:
+            assert float(r["score"]) == pytest.approx(float(by_path[r["path"]]["score"]), rel=1e-6)
+
+
+def test_resume_refuses_results_of_another_threshold(fitted, folder, tmp_path):
+    fitted.threshold_ = None
+    predict_stream(fitted, folder / "a", tmp_path / "out")
+    fitted.threshold_ = 1.0
+    with pytest.raises(DataError, match="no-resume"):
+        predict_stream(fitted, folder / "a", tmp_path / "out")
+    s = predict_stream(fitted, folder / "a", tmp_path / "out", resume=False)
+    assert s.n_resumed == 0 and len(rows_of(s.path)) == 5
+    fitted.threshold_ = None
+
+
+def test_mixed_sizes_scored_per_size_group(tmp_path, synthetic_root):
+    """Whole-image geometry (shorter side, no crop): images of different shapes in one batch each score as alone."""
+    from PIL import Image
+
+    src = sorted((synthetic_root / "weave" / "test" / "good").glob("*.png"))
+    for i, p in enumerate(src[:4]):
+        img = Image.open(p)
+        img.crop((0, 0, img.width, img.height - 40 * (i % 2))).save(tmp_path / f"{i}.png")
+    model = tiny_patchcore(resize=64, crop=None).fit(str(synthetic_root / "weave" / "train" / "good"))
+    s = predict_stream(model, tmp_path, tmp_path / "out", batch_size=4)
+    rows = rows_of(s.path)
+    assert len(rows) == 4 and not any(r["error"] for r in rows)
+    for r in rows:
+        alone = model.predict([r["path"]]).image_scores[0]
+        assert float(r["score"]) == pytest.approx(alone, rel=1e-5)
+
+
+def test_whole_set_models_detected(fitted):
+    from anomalens.detector import Detector
+
+    class SetLevel(Detector):
+        def predict(self, data):  # noqa: D401 - a model scoring images against each other
+            raise AssertionError
+
+    assert not needs_whole_set(fitted)
+    assert needs_whole_set(SetLevel())
+
+
+def test_cli_reports_unreadable_and_calibration(fitted, folder, tmp_path):
+    fitted.threshold_ = None
+    fitted.calibrate(str(folder / "a" / "*.png").replace("*.png", "[!z]*.png"), fpr=0.2)
+    fitted.calibration_["fpr_empirical"] = 0.25
+    model_dir = fitted.save(tmp_path / "model")
+    r = runner.invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "p"), "--set", "batch_size=5"])
+    assert r.exit_code == 0, r.output
+    assert "2 unreadable" in r.output and "notes.jpg" in r.output
+    assert "4 normal images" in r.output and "empirical FPR 0.25" in r.output and "target FPR 0.2" in r.output
+    assert len(list((tmp_path / "p" / "overlays").glob("*.png"))) == 8
+    assert len(rows_of(tmp_path / "p" / "predictions.csv")) == 10
+    r = runner.invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "p"), "--no-overlays"])
+    assert r.exit_code == 0 and "10 already done" in r.output and "scored 0 images" in r.output
+    r = runner.invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "j"), "--format", "json",
+                            "--no-overlays", "--threshold", "0"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "j" / "predictions.json").read_text())
+    assert len(doc["predictions"]) == 10 and doc["calibration"]["n_images"] == 4 and doc["threshold"] == 0
+    assert sum(p["error"] is not None for p in doc["predictions"]) == 2
+    assert "given on the command line" in r.output
+    r = runner.invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "p"), "--threshold", "3"])
+    assert r.exit_code == 2 and "--no-resume" in r.output
