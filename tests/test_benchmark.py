@@ -300,3 +300,26 @@ def test_help_of_new_commands():
     for args in (["benchmark", "--help"], ["report", "--help"], ["datasets", "download", "--help"]):
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_clipad_runs_in_its_paper_setting_with_the_minmax_score(synthetic_root, tmp_path):
+    """CLIP-AD through the benchmark: settings from the preset, image metrics on the per-category min-max sum of
+    p_abn and map_max (the official metrics), the raw p_abn + map_max kept as *_raw."""
+    import anomalens
+    from anomalens import metrics
+    from anomalens.data import MVTecAD
+    from anomalens.models.clipad.estimator import clipad_minmax_scores
+    from test_clipad import TINY as CLIPAD_TINY
+
+    tiny = {k: v for k, v in CLIPAD_TINY.items() if k != "device"}
+    run_benchmark("mvtec", synthetic_root, ["clipad"], tmp_path / "r", ["disc"], overrides=tiny, device="cpu")
+    rec = json.loads((tmp_path / "r" / "results" / "clipad" / "disc.json").read_text())
+    assert rec["settings"]["variant"] == "sdp" and rec["settings"]["class_name"] == "disc" and rec["settings"]["dataset"] == "mvtec"
+    assert rec["paper_setting"] == "sdp" and rec["fit_images"] == 0
+    det = anomalens.create("clipad", class_name="disc", dataset="mvtec", device="cpu", **tiny)
+    rep = anomalens.evaluate(det, MVTecAD(synthetic_root, "disc", "test"))
+    official = metrics.image_metrics(clipad_minmax_scores(rep.prediction), rep.prediction.gt_labels)
+    for k, v in official.items():
+        assert rec["metrics"][k] == pytest.approx(v, abs=1e-9)
+        assert rec["extra_metrics"][f"{k}_raw"] == pytest.approx(rep.metrics[k], abs=1e-9)
+    assert rec["metrics"]["pixel_auroc"] == pytest.approx(rep.metrics["pixel_auroc"], abs=1e-9)
