@@ -158,3 +158,17 @@ def test_share_above_matches_a_direct_count():
     v = rng.integers(0, 20, 300).astype(float)  # many ties
     t = np.unique(np.r_[v, -1.0, 25.0])
     assert np.allclose(share_above(v, t), [(v > x).mean() for x in t])
+
+
+def test_report_of_a_demo_folder(tmp_path):
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "--out", str(out), "--category", "disc", "--n-train", "6", "--device", "cpu", "--random-init"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())["per_category"]["disc"]
+    r = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "demo.html")])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "demo.html").read_text()
+    text = _text(html)
+    for v in m["metrics"].values():
+        assert f"{100 * v:.1f}" in text
+    assert f"{m['threshold']:.4g}" in text and "data:image/jpeg;base64," in html  # calibrated threshold, overlays

@@ -56,6 +56,13 @@ class Job:
 
 
 # ---------------------------------------------------------------------------------------------------- planning
+def fewshot_methods() -> list[str]:
+    """Names of the presets that take --shots."""
+    from .presets import PRESETS
+
+    return sorted(n for n, p in PRESETS.items() if p.fit == "shots")
+
+
 def split_overrides(overrides: Optional[dict], methods: Sequence[str]) -> tuple[dict, dict[str, dict]]:
     """`key=value` (all methods that accept the key) and `method.key=value` (one method) settings."""
     common, per = {}, {m: {} for m in methods}
@@ -335,6 +342,8 @@ def run_benchmark(dataset: str, root, methods: Sequence[str], out, categories: O
         raise AnomalensError("no methods given (e.g. --methods patchcore,winclip)")
     cats = dataset_categories(dataset, root, categories)
     jobs = plan_jobs(dataset, methods, cats, shots, seeds, overrides, device)
+    if shots is not None and not any(j.preset.fit == "shots" for j in jobs):
+        log(f"note: --shots applies to methods with a few-shot mode ({', '.join(fewshot_methods())}); none is selected")
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a directory")
     todo, reused = [], []
