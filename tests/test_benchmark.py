@@ -323,3 +323,24 @@ def test_clipad_runs_in_its_paper_setting_with_the_minmax_score(synthetic_root, 
         assert rec["metrics"][k] == pytest.approx(v, abs=1e-9)
         assert rec["extra_metrics"][f"{k}_raw"] == pytest.approx(rep.metrics[k], abs=1e-9)
     assert rec["metrics"]["pixel_auroc"] == pytest.approx(rep.metrics["pixel_auroc"], abs=1e-9)
+
+
+@pytest.mark.integration
+def test_real_mvtec_images_get_paper_and_official_columns(assets, tmp_path):
+    """mvtec-reduced hazelnut / transistor under their MVTec names, PatchCore with the real ImageNet EfficientNet-Lite0:
+    the summary carries the paper's and the official code's numbers for those categories, with ours − published."""
+    root = tmp_path / "mvtec"
+    root.mkdir()
+    for cat in ("hazelnut", "transistor"):
+        (root / cat).symlink_to(assets / "mvtec-reduced" / f"{cat}_reduced")
+    settings = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "resize": 128, "crop": None}  # small: fast
+    run_benchmark("mvtec", root, ["patchcore"], tmp_path / "run", overrides=settings, device="cpu")
+    rows = {r["category"]: r for r in csv.DictReader(open(tmp_path / "run" / "summary.csv"))}
+    h = rows["hazelnut"]
+    assert float(h["image_auroc_paper"]) == pytest.approx(1.0) and float(h["pixel_auroc_paper"]) == pytest.approx(0.987)
+    assert float(h["aupro_paper"]) == pytest.approx(0.939) and h["pro_musc_paper"] == ""
+    assert float(h["image_auroc_official"]) > 0.99
+    for k in ("image_auroc", "pixel_auroc", "aupro"):
+        assert float(h[f"{k}_paper_diff"]) == pytest.approx(float(h[k]) - float(h[f"{k}_paper"]), abs=2e-6)
+    assert float(rows["mean"]["pixel_auroc_paper"]) == pytest.approx((0.987 + 0.964) / 2)  # subset mean
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["runs"]["patchcore"]["random_init"] is False
