@@ -1,0 +1,105 @@
+"""Each method in its paper setting, as data: which model, which settings per category, how it is fitted, how its
+paper numbers are keyed, and an optional set-level post-processing step used in evaluation only.
+
+A new method is one `register_preset(MethodPreset(...))`; the runner, summary and report need no change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .class_names import class_name
+
+#: fit modes: "train" = all normal train images; "shots" = k seeded normals (k from --shots, 0 = zero-shot);
+#: "none" = zero-shot, the test set is scored as it is (transductive methods see the whole category at once)
+FIT_MODES = ("train", "shots", "none")
+
+
+@dataclass(frozen=True)
+class MethodPreset:
+    """A method's paper setting.
+
+    settings(dataset, category, shots) -> model settings of the paper run (user `--set` values are applied on top).
+    paper_setting(settings, shots) -> the `setting` key of its rows in paper_numbers.csv.
+    postprocess(model, prediction) -> replacement image scores for the paper's metrics (e.g. CLIP-AD's per-category
+    min–max sum), or None to keep the model's own scores. It runs in the benchmark's evaluation path only; the raw
+    scores' image metrics are kept as extra columns (`image_auroc_raw`, ...).
+    """
+
+    name: str
+    model: str
+    fit: str
+    settings: Callable[[str, str, int], dict]
+    paper_setting: Callable[[dict, int], str]
+    postprocess: Optional[Callable[[Any, Any], Optional[np.ndarray]]] = None
+    description: str = ""
+    default_shots: tuple = field(default=(0,))
+
+    def __post_init__(self):
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+
+
+PRESETS: dict[str, MethodPreset] = {}
+
+
+def register_preset(preset: MethodPreset) -> MethodPreset:
+    """Add (or replace) a method preset under its name."""
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> MethodPreset:
+    """The preset of a benchmark method, with a clear error listing the known ones."""
+    from ..errors import AnomalensError
+
+    if name not in PRESETS:
+        raise AnomalensError(f"no benchmark preset for method {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def _patchcore_setting(settings: dict, shots: int) -> str:
+    ratio = float(settings.get("coreset_ratio", 0.1))
+    return {0.25: "coreset25", 0.1: "coreset10", 0.01: "coreset1"}.get(round(ratio, 4), f"coreset{ratio:g}")
+
+
+def clipad_minmax(model, prediction) -> Optional[np.ndarray]:
+    """CLIP-AD's official image score: per category, min–max of p_abn plus min–max of map_max (spec §3.6).
+
+    Reuses the clipad package's own function (on the clipad branch: `clipad_minmax_scores`, reading
+    `prediction.components`); evaluation only, because the score depends on the whole set.
+    """
+    from ..models.clipad.estimator import clipad_minmax_scores  # present whenever `clipad` is registered
+
+    return clipad_minmax_scores(prediction)
+
+
+register_preset(MethodPreset(
+    "patchcore", "patchcore", "train",
+    settings=lambda dataset, category, shots: {},  # the registry defaults are the paper's: WRN-50, 224 px, 10 % coreset
+    paper_setting=_patchcore_setting,
+    description="PatchCore, full-shot: fit on every train/good image of the category (paper Tables 1-3)",
+))
+register_preset(MethodPreset(
+    "winclip", "winclip", "shots",
+    settings=lambda dataset, category, shots: {"class_name": class_name("winclip", dataset, category), "k_shot": shots},
+    paper_setting=lambda settings, shots: f"{shots}shot",
+    description="WinCLIP zero-shot (k=0) and WinCLIP+ k-shot with seeded reference draws (paper Tables 10-21)",
+    default_shots=(0,),
+))
+register_preset(MethodPreset(
+    "musc", "musc", "none",
+    settings=lambda dataset, category, shots: {},  # RsCIN windows follow the dataset (VisA: 1, 8, 9) inside the model
+    paper_setting=lambda settings, shots: "default",
+    description="MuSc zero-shot: the whole test set of a category scored as one set (s = 1)",
+))
+register_preset(MethodPreset(
+    "clipad", "clipad", "none",
+    settings=lambda dataset, category, shots: {"variant": "sdp", "class_name": class_name("clipad", dataset, category),
+                                               "dataset": dataset},
+    paper_setting=lambda settings, shots: str(settings.get("variant", "sdp")),
+    postprocess=clipad_minmax,
+    description="CLIP-AD SDP zero-shot; image score = per-category min-max sum of p_abn and map_max (official metrics)",
+))
