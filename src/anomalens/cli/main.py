@@ -5,7 +5,7 @@ import importlib
 import typer
 
 #: command modules, in the order their commands appear in --help
-COMMAND_MODULES = ("demo", "fit", "predict", "evaluate", "models")
+COMMAND_MODULES = ("demo", "fit", "predict", "evaluate", "export", "models")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Industrial visual anomaly detection.")
 
