@@ -47,7 +47,20 @@ def train_dir(synthetic_root):
     return str(synthetic_root / "weave" / "train" / "good")
 
 
-@pytest.mark.parametrize("settings", [{}, {"image_score": "reweighted", "num_neighbors": 3, "distance": "squared_l2"}])
+def test_gather_aggregator_equals_patch_aggregator():
+    """The export form of the locally aware aggregation (no duplicate-index scatter) equals the estimator's."""
+    from anomalens.deploy.export import GatherAggregator
+    from anomalens.ops.pooling import PatchAggregator
+
+    for channels, sizes, dims in [((40, 112), (16, 8), (1024, 1024)), ((24, 40, 112), (16, 8, 4), (512, 384))]:
+        agg = PatchAggregator(channels, 3, *dims)
+        feats = [torch.randn(2, c, n, n) for c, n in zip(channels, sizes)]
+        torch.testing.assert_close(GatherAggregator(agg)(feats), agg(feats), rtol=1e-5, atol=1e-6)
+
+
+# EfficientNet-Lite0's taps (40 / 112 channels) pool up to pretrain_dim: duplicate-index adds that ONNX scatter loses
+@pytest.mark.parametrize("settings", [{}, {"image_score": "reweighted", "num_neighbors": 3, "distance": "squared_l2"},
+                                      {"backbone": "tf_efficientnet_lite0"}])
 def test_patchcore_onnx_equals_torch(tmp_path, synthetic_root, train_dir, settings):
     model = tiny_patchcore(**settings).fit(train_dir)
     model.threshold_ = 1.5
@@ -55,7 +68,7 @@ def test_patchcore_onnx_equals_torch(tmp_path, synthetic_root, train_dir, settin
     assert_parity(model, path, str(synthetic_root / "weave" / "test"))
     side = json.loads(side_path(path).read_text())
     assert side["transform"] == model.transform.to_dict() and side["threshold"] == 1.5
-    assert side["input_size"] == [64, 64] and side["random_init"] is True and side["settings"]["backbone"] == "resnet18"
+    assert side["input_size"] == [64, 64] and side["random_init"] is True and side["settings"]["backbone"] == model.backbone
     import hashlib
 
     assert side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -43,6 +43,71 @@ class ExportError(AnomalensError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- PatchCore
+def _segments(index: torch.Tensor, n_out: int, pad: int) -> torch.Tensor:
+    """(n_out, L) positions of each output's sources in `index` (out[r] = Σ src[k] for index[k] = r); `pad` fills."""
+    counts = torch.bincount(index, minlength=n_out)
+    order = torch.argsort(index, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(index)) - start[index[order]]
+    table = torch.full((n_out, max(int(counts.max()), 1)), pad, dtype=torch.long)
+    table[index[order], slot] = order
+    return table
+
+
+class GatherAggregator(nn.Module):
+    """`PatchAggregator` with its index_add sums written as gathers + sums.
+
+    ONNX scatter ops do not add duplicate indices (the TorchScript exporter even exports them silently wrong),
+    so each output channel gathers its L sources (a zero channel pads short lists) and sums them: same terms, exact.
+    """
+
+    def __init__(self, agg):
+        super().__init__()
+        self.p, self.target_dim = agg.p, agg.target_dim
+        self.shapes, rows_all = [], []
+        for j, (t_idx, c_idx, w) in enumerate(agg.terms):
+            rows, inv = torch.unique(t_idx, return_inverse=True)
+            table = _segments(inv, len(rows), len(inv))
+            self.register_buffer(f"c_idx{j}", c_idx.clone())
+            self.register_buffer(f"w{j}", w.clone())
+            self.register_buffer(f"gather{j}", table.flatten())
+            self.shapes.append(tuple(table.shape))
+            rows_all.append(rows)
+        rows_all = torch.cat(rows_all)  # channel of the concatenated per-layer parts -> its target channel
+        table = _segments(rows_all, self.target_dim, len(rows_all))
+        self.register_buffer("final", table.flatten())
+        self.final_shape = tuple(table.shape)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        ref = tuple(feats[0].shape[-2:])
+        parts = []
+        for j, f in enumerate(feats):
+            c_idx, w, gather = getattr(self, f"c_idx{j}"), getattr(self, f"w{j}"), getattr(self, f"gather{j}")
+            y = F.conv2d(f.index_select(1, c_idx), w, padding=self.p // 2, groups=int(c_idx.shape[0]))
+            y = F.pad(y, (0, 0, 0, 0, 0, 1))  # + one zero channel (the padding source)
+            part = y.index_select(1, gather).reshape(-1, *self.shapes[j], *y.shape[-2:]).sum(2)  # -1: N stays dynamic
+            if tuple(part.shape[-2:]) != ref:
+                part = F.interpolate(part, size=ref, mode="bilinear", align_corners=False)
+            parts.append(part)
+        cat = F.pad(torch.cat(parts, 1), (0, 0, 0, 0, 0, 1))
+        return cat.index_select(1, self.final).reshape(-1, *self.final_shape, *ref).sum(2)
+
+
+class ExportFeatures(nn.Module):
+    """`PatchFeatures` for export: the same taps, the aggregation as `GatherAggregator` when it is the official one."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        from ..ops.pooling import PatchAggregator
+
+        self.extractor = features.extractor
+        agg = features.aggregate
+        self.aggregate = GatherAggregator(agg) if isinstance(agg, PatchAggregator) else agg
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(list(self.extractor(images).values()))
+
+
 class PatchCoreGraph(nn.Module):
     """PatchCore scoring as one traceable module (single member or a calibrated ensemble)."""
 
@@ -54,7 +119,7 @@ class PatchCoreGraph(nn.Module):
         if len(banks) > 1 and getattr(model, "member_stats_", None) is None:
             raise ExportError("an uncalibrated PatchCore ensemble normalises over the predicted set; call calibrate() "
                               "(or fit with --holdout) before export")
-        self.features = nn.ModuleList([model._features(i) for i in range(len(banks))])
+        self.features = nn.ModuleList([ExportFeatures(model._features(i)) for i in range(len(banks))])
         for i, bank in enumerate(banks):
             b = bank.detach().float().cpu()
             self.register_buffer(f"bank{i}", b.clone())
