@@ -324,12 +324,17 @@ def calibration_note(model: Detector, manual: bool = False) -> str:
     parts = []
     if "n_images" in cal:
         parts.append(f"{cal['n_images']} normal images")
-    if "fpr" in cal:
-        parts.append(f"target FPR {cal['fpr']:g}")
+    for key in ("fpr_requested", "fpr"):
+        if cal.get(key) is not None:
+            parts.append(f"target FPR {cal[key]:g}")
+            break
     for key in ("fpr_empirical", "empirical_fpr"):
         if key in cal and cal[key] is not None:
             parts.append(f"empirical FPR {cal[key]:.3g}")
-    extra = {k: v for k, v in cal.items() if k not in ("n_images", "fpr", "fpr_empirical", "empirical_fpr")}
+    if cal.get("fpr_achievable") is not None:
+        parts.append(f"lowest resolvable FPR {cal['fpr_achievable']:.3g}")
+    shown = ("n_images", "fpr", "fpr_requested", "fpr_empirical", "empirical_fpr", "fpr_achievable")
+    extra = {k: v for k, v in cal.items() if k not in shown}
     parts += [f"{k} {v}" for k, v in extra.items() if isinstance(v, (int, float, str, bool))]
     return f"threshold {t:.6g}" + (f" (calibrated on {', '.join(parts)})" if parts else " (set by hand or uncalibrated)")
 
