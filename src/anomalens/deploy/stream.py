@@ -309,7 +309,8 @@ def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary,
             if labels is not None:
                 summary.n_anomalous += int(labels.sum())
             if on_batch is not None:
-                on_batch(Prediction(scores, maps, labels, [names[good[k]] for k in idx], info=model.info()))
+                on_batch(Prediction(scores, maps, labels, [names[good[k]] for k in idx], info=model.info(),
+                                    threshold=getattr(model, "threshold_", None)))
     log.append([rows[i] for i in range(len(names))])
 
 
