@@ -344,3 +344,25 @@ def test_real_mvtec_images_get_paper_and_official_columns(assets, tmp_path):
         assert float(h[f"{k}_paper_diff"]) == pytest.approx(float(h[k]) - float(h[f"{k}_paper"]), abs=2e-6)
     assert float(rows["mean"]["pixel_auroc_paper"]) == pytest.approx((0.987 + 0.964) / 2)  # subset mean
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["runs"]["patchcore"]["random_init"] is False
+
+
+def test_patchcore_low_shot_preset_draws_seeded_shots_and_meets_table_s5(synthetic_root, tmp_path):
+    """patchcore-fewshot: k seeded normals per category (k = 0 refused), the shots recorded, the summary keyed to the
+    paper's Table S5 row of the same coreset and k (a mean-only table: compared on whole-dataset runs only)."""
+    from anomalens.data import MVTecAD
+    from anomalens.data.download import MVTEC_CATEGORIES
+    from anomalens.errors import AnomalensError
+
+    with pytest.raises(AnomalensError, match="--shots must be >= 1"):
+        plan_jobs("mvtec", ["patchcore-fewshot"], ["weave"], shots=[0])
+    assert [j.shots for j in plan_jobs("mvtec", ["patchcore-fewshot"], ["weave"])] == [1, 2, 5, 10, 16, 20, 50]
+    out = tmp_path / "run"
+    _run(synthetic_root, out, methods=("patchcore-fewshot",), categories=["weave"], shots=[2], seeds=[0, 1])
+    recs = [json.loads(p.read_text()) for p in sorted((out / "results").rglob("weave.json"))]
+    assert len(recs) == 2 and all(r["fit_images"] == 2 and r["paper_setting"] == "coreset0.5-2shot" for r in recs)
+    train = {str(p) for p in MVTecAD(synthetic_root, "weave", "train").paths}
+    draws = [tuple(r["shot_paths"]) for r in recs]
+    assert all(set(d) <= train for d in draws) and draws[0] != draws[1]  # seeded draws differ per seed
+    # the published mean applies only when every MVTec category is in the run
+    assert published_mean("patchcore", "coreset10-2shot", "mvtec", list(MVTEC_CATEGORIES), "image_auroc") == pytest.approx(0.864)
+    assert published_mean("patchcore", "coreset10-2shot", "mvtec", ["bottle"], "image_auroc") is None

@@ -36,6 +36,7 @@ class MethodPreset:
     postprocess: Optional[Callable[[Any, Any], Optional[np.ndarray]]] = None
     description: str = ""
     default_shots: tuple = field(default=(0,))
+    min_shots: int = 0  # 1 for methods that cannot run zero-shot (PatchCore's low-shot table)
 
     def __post_init__(self):
         if self.fit not in FIT_MODES:
@@ -81,6 +82,15 @@ register_preset(MethodPreset(
     settings=lambda dataset, category, shots: {},  # the registry defaults are the paper's: WRN-50, 224 px, 10 % coreset
     paper_setting=_patchcore_setting,
     description="PatchCore, full-shot: fit on every train/good image of the category (paper Tables 1-3)",
+))
+register_preset(MethodPreset(
+    "patchcore-fewshot", "patchcore", "shots",
+    settings=lambda dataset, category, shots: {},
+    paper_setting=lambda settings, shots: f"{_patchcore_setting(settings, shots)}-{shots}shot",
+    description="PatchCore low-shot: fit on k seeded normal images per category, full test set (paper Table S5; "
+                "the paper gives MVTec AD means only, over draws it does not state: run several --seed values)",
+    default_shots=(1, 2, 5, 10, 16, 20, 50),
+    min_shots=1,
 ))
 register_preset(MethodPreset(
     "winclip", "winclip", "shots",

@@ -108,8 +108,8 @@ def plan_jobs(dataset: str, methods: Sequence[str], categories: Sequence[str], s
     for p in presets:
         shot_list = list(shots if shots is not None else p.default_shots) if p.fit == "shots" else [0]
         for k in shot_list:
-            if k < 0:
-                raise AnomalensError(f"--shots must be >= 0, got {k}")
+            if k < max(p.min_shots, 0):
+                raise AnomalensError(f"--shots must be >= {max(p.min_shots, 0)} for {p.name}, got {k}")
             seed_list = list(seeds) if (p.fit == "shots" and k > 0) else [int(seeds[0]) if seeds else 0]
             setting = f"{p.name}-{k}shot" if p.fit == "shots" else p.name
             for seed in seed_list:

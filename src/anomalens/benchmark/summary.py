@@ -54,6 +54,7 @@ def summary_table(results: list[dict]) -> list[dict]:
     for setting, recs in settings.items():
         first = recs[0]
         method, dataset, pset = first["method"], first["dataset"], first["paper_setting"]
+        published = first.get("model", method)  # published numbers are keyed by model (one paper per model)
         rows = []
         cats = iter_categories(recs)
         for cat in cats:
@@ -62,12 +63,12 @@ def summary_table(results: list[dict]) -> list[dict]:
             ours = {k: _mean([v.get(k) for v in vals]) for k in keys}
             std = {k: (float(np.std([v[k] for v in vals if v.get(k) is not None]))
                        if sum(v.get(k) is not None for v in vals) > 1 else None) for k in keys}
-            refs = {s: {k: lookup(method, pset, dataset, cat, k, s) for k in keys} for s in SOURCES}
+            refs = {s: {k: lookup(published, pset, dataset, cat, k, s) for k in keys} for s in SOURCES}
             rows.append({"category": cat, "n": len(group), "ours": ours, "std": std, **refs})
         mean = {"category": "mean", "n": len(cats), "ours": {k: _mean([r["ours"][k] for r in rows]) for k in keys},
                 "std": {k: None for k in keys}}
         for s in SOURCES:
-            mean[s] = {k: published_mean(method, pset, dataset, cats, k, s) for k in keys}
+            mean[s] = {k: published_mean(published, pset, dataset, cats, k, s) for k in keys}
         rows.append(mean)
         out.append({"setting": setting, "method": method, "dataset": dataset, "paper_setting": pset,
                     "seeds": sorted({r["seed"] for r in recs}), "random_init": any(r["random_init"] for r in recs),
