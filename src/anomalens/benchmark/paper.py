@@ -13,10 +13,7 @@ import math
 from importlib import resources
 from typing import Iterable, Optional
 
-from ..data.download import MVTEC_CATEGORIES, VISA_CATEGORIES
-
 SOURCES = ("paper", "official")
-DATASET_CATEGORIES = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES}
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,7 +40,9 @@ def published_mean(method: str, setting: str, dataset: str, categories: Iterable
     listed = {k[3] for k in paper_numbers() if k[:3] == (method, setting, dataset) and k[4] == metric and k[5] == source}
     listed.discard("mean")
     if not listed:  # the source prints a mean only (e.g. PatchCore's low-shot Table S5): whole dataset runs only
-        listed = set(DATASET_CATEGORIES.get(dataset, ()))
+        from ..data.download import MVTEC_CATEGORIES, VISA_CATEGORIES
+
+        listed = set({"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES}.get(dataset, ()))
     if listed and set(cats) >= listed:
         printed = lookup(method, setting, dataset, "mean", metric, source)
         if printed is not None:
