@@ -46,7 +46,9 @@ def serve(
     sig = run(det, host=host, port=port, log_level=log_level, max_batch=max_batch, max_wait_ms=max_wait_ms,
               max_upload_mb=max_upload_mb, threshold=threshold)
     if sig is not None:
-        err_console.print(f"stopped on signal {sig}: requests in flight answered", highlight=False)
+        import signal
+
+        err_console.print(f"stopped on {signal.Signals(sig).name}: requests in flight answered", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,7 +20,7 @@ scores depend on the whole set scored together (MuSc, an uncalibrated ensemble) 
 
 `serve(...)` runs the app under uvicorn; SIGTERM / SIGINT drain the requests in flight and return normally.
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations (`request: Request`) at run time
 
 import asyncio
 import base64
