@@ -186,6 +186,31 @@ def test_concurrent_requests_are_batched_and_each_equals_alone(synthetic_root, t
     assert metrics["batches"]["images"] == len(paths)
 
 
+def test_whole_set_models_score_each_request_alone(model_dir, images):
+    """A model whose scores depend on the set scored together is never batched: each answer equals its predict of
+    that image alone, even when the requests arrive together."""
+    det = anomalens.load(model_dir, device="cpu")
+
+    class SetScored(type(det)):
+        def predict(self, data):  # every score shifted by the set's mean: depends on the other images
+            pred = super().predict(data)
+            pred.image_scores = pred.image_scores + pred.image_scores.mean()
+            return pred
+
+    det.__class__ = SetScored
+    app = create_app(det, max_batch=8, max_wait_ms=500)
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                return await asyncio.gather(*[client.post("/predict", content=p.read_bytes()) for p in images[:4]])
+
+    for p, r in zip(images, asyncio.run(run())):
+        assert r.status_code == 200, r.text
+        assert r.json()["score"] == pytest.approx(alone(det, p), abs=1e-5, rel=1e-5)
+    assert app.state.metrics.snapshot()["batches"]["max_size"] > 1  # collected together, scored one by one
+
+
 def test_missing_extra_is_one_line_naming_the_install(monkeypatch, model_dir):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` now raises ImportError
     r = CliRunner().invoke(cli_app, ["serve", str(model_dir)])
@@ -249,6 +274,7 @@ def test_loopback_concurrent_clients_and_sigterm_drains(model, model_dir, images
         for t in threads:
             t.join(60)
         assert proc.wait(60) == 0, open(tmp_path / "server.log").read()
+        assert "stopped on SIGTERM" in open(tmp_path / "server.log").read()
         assert [late[i].status_code for i in range(3)] == [200, 200, 200]
         for i in range(3):
             assert late[i].json()["score"] == pytest.approx(results[i].json()["score"], abs=1e-6)
