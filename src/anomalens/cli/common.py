@@ -36,7 +36,9 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (AnomalensError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape  # messages are text, not markup: "pip install 'anomalens[serve]'" intact
+
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper

@@ -52,7 +52,11 @@ def _to_uint8_array(img: Image.Image) -> np.ndarray:
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read any image as 8-bit RGB: grey, RGBA (alpha dropped), palette, 1-bit and 16-bit are converted."""
-    img = _open(path)
+    return to_rgb(_open(path), path)
+
+
+def to_rgb(img: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
+    """A decoded image of any mode as 8-bit RGB (see `load_image`); too-small images are a DataError naming `path`."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         img = Image.fromarray(_to_uint8_array(img), mode="L")
     if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
