@@ -301,7 +301,7 @@ def export_onnx(model: Detector, path: Union[str, os.PathLike], input_size_hw: O
 
 # ---------------------------------------------------------------------------------------------- running
 class OnnxModel:
-    """An exported model in onnxruntime: `run(images)` on transformed batches, `predict(paths)` from files."""
+    """An exported model in onnxruntime: `run(images)` on batches transformed as the side file's `transform` says."""
 
     def __init__(self, path: Union[str, os.PathLike], providers: Optional[list[str]] = None, threads: int = 0):
         import onnxruntime as ort
