@@ -464,7 +464,7 @@ def test_evaluation_hook_gives_the_paper_score(model, synthetic_root):
 
     report = anomalens.evaluate(model, MVTecAD(synthetic_root, "disc", "test"))
     pred = report.prediction
-    assert set(pred.components) == {"p_abn", "map_max"} and "aupro" in report.metrics
+    assert set(pred.components) == {"p_abn", "map_max", "model_score"} and "aupro" in report.metrics
     assert np.allclose(model.evaluation_scores(pred), clipad_minmax_scores(pred))
     # evaluate() scores the image metrics with the hook; the model's own raw sum is kept beside it
     assert np.allclose(pred.image_scores, clipad_minmax_scores(pred))
