@@ -464,9 +464,16 @@ def test_evaluation_hook_gives_the_paper_score(model, synthetic_root):
 
     report = anomalens.evaluate(model, MVTecAD(synthetic_root, "disc", "test"))
     pred = report.prediction
-    assert set(pred.components) == {"p_abn", "map_max"} and "aupro" in report.metrics
+    assert set(pred.components) == {"p_abn", "map_max", "model_score"} and "aupro" in report.metrics
     assert np.allclose(model.evaluation_scores(pred), clipad_minmax_scores(pred))
-    assert np.allclose(pred.image_scores, pred.components["p_abn"] + pred.components["map_max"])
+    # evaluate() scores the image metrics with the hook; the model's own raw sum is kept beside it
+    assert np.allclose(pred.image_scores, clipad_minmax_scores(pred))
+    assert np.allclose(pred.components["model_score"], pred.components["p_abn"] + pred.components["map_max"])
+    from anomalens import metrics
+
+    raw = metrics.image_metrics(pred.components["model_score"], pred.gt_labels)
+    hooked = metrics.image_metrics(clipad_minmax_scores(pred), pred.gt_labels)
+    assert report.raw_metrics == pytest.approx(raw) and {k: report.metrics[k] for k in hooked} == pytest.approx(hooked)
 
 
 def test_train_adapters_with_target_validation(synthetic_root, tmp_path):

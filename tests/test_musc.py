@@ -220,7 +220,10 @@ def test_dinov2_through_timm_random_init(images):
     pred = model.predict(torch.nn.functional.interpolate(images, size=(98, 98), mode="bilinear", align_corners=False))
     assert pred.anomaly_maps.shape == (10, 98, 98)
     assert model._layer_ids == [2, 5, 8, 11]
-    assert int(np.argmax(pred.image_scores)) == 3
+    # the map finds the defect (0.83 vs <= 0.09 elsewhere); the image scores are not checked: a random-init DINOv2's
+    # CLS tokens are near-identical (LayerScale 1e-5), so RsCIN's scores tie to ~1e-15 and their argmax is float noise
+    # (it flips between timm releases whose init draws differ)
+    assert int(np.argmax(pred.anomaly_maps.reshape(len(pred), -1).max(1))) == 3
 
 
 def test_rscin_windows_follow_the_dataset():

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .class_names import class_name
+from ..data.class_names import class_name
 
 #: fit modes: "train" = all normal train images; "shots" = k seeded normals (k from --shots, 0 = zero-shot);
 #: "none" = zero-shot, the test set is scored as it is (transductive methods see the whole category at once)
@@ -23,9 +23,9 @@ class MethodPreset:
 
     settings(dataset, category, shots) -> model settings of the paper run (user `--set` values are applied on top).
     paper_setting(settings, shots) -> the `setting` key of its rows in paper_numbers.csv.
-    postprocess(model, prediction) -> replacement image scores for the paper's metrics (e.g. CLIP-AD's per-category
-    min–max sum), or None to keep the model's own scores. It runs in the benchmark's evaluation path only; the raw
-    scores' image metrics are kept as extra columns (`image_auroc_raw`, ...).
+    postprocess(model, prediction) -> replacement image scores for the paper's metrics, or None to keep the model's
+    own scores; unset (None), `anomalens.evaluate` uses the model's `evaluation_scores` hook when it has one (CLIP-AD's
+    per-category min–max sum). Either way the raw scores' image metrics are kept as extra columns (`image_auroc_raw`, ...).
     """
 
     name: str
@@ -66,17 +66,6 @@ def _patchcore_setting(settings: dict, shots: int) -> str:
     return {0.25: "coreset25", 0.1: "coreset10", 0.01: "coreset1"}.get(round(ratio, 4), f"coreset{ratio:g}")
 
 
-def clipad_minmax(model, prediction) -> Optional[np.ndarray]:
-    """CLIP-AD's official image score: per category, min–max of p_abn plus min–max of map_max (spec §3.6).
-
-    Reuses the clipad package's own function (on the clipad branch: `clipad_minmax_scores`, reading
-    `prediction.components`); evaluation only, because the score depends on the whole set.
-    """
-    from ..models.clipad.estimator import clipad_minmax_scores  # present whenever `clipad` is registered
-
-    return clipad_minmax_scores(prediction)
-
-
 register_preset(MethodPreset(
     "patchcore", "patchcore", "train",
     settings=lambda dataset, category, shots: {},  # the registry defaults are the paper's: WRN-50, 224 px, 10 % coreset
@@ -109,7 +98,6 @@ register_preset(MethodPreset(
     "clipad", "clipad", "none",
     settings=lambda dataset, category, shots: {"variant": "sdp", "class_name": class_name("clipad", dataset, category),
                                                "dataset": dataset},
-    paper_setting=lambda settings, shots: str(settings.get("variant", "sdp")),
-    postprocess=clipad_minmax,
+    paper_setting=lambda settings, shots: str(settings.get("variant", "sdp")),  # image score: the model's evaluation hook
     description="CLIP-AD SDP zero-shot; image score = per-category min-max sum of p_abn and map_max (official metrics)",
 ))

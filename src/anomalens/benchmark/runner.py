@@ -14,7 +14,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -256,16 +256,10 @@ def evaluate_job(job: Job, dataset: str, root: Path, out: Path) -> dict:
         n_fit = 0
     fit_seconds = time.perf_counter() - t0
     test = open_split(dataset, root, job.category, "test")
-    rep = anomalens.evaluate(det, test)
+    rep = anomalens.evaluate(det, test, score_hook=job.preset.postprocess)  # else the model's evaluation hook
     pred = rep.prediction
     values = dict(rep.metrics)
-    extras: dict = {}
-    if job.preset.postprocess is not None:
-        scores = job.preset.postprocess(det, pred)
-        if scores is not None:
-            extras.update({f"{k}_raw": v for k, v in values.items() if k in M.IMAGE_KEYS})
-            pred = replace(pred, image_scores=np.asarray(scores, dtype=np.float64))
-            values.update(M.image_metrics(pred.image_scores, pred.gt_labels))
+    extras: dict = {f"{k}_raw": v for k, v in rep.raw_metrics.items()}
     if pred.masks is not None:
         extras["pro_musc"] = M.pro_musc(pred.anomaly_maps, pred.masks)
     folder = job.path(out).with_suffix("")

@@ -306,10 +306,3 @@ def clipad_minmax_scores(prediction, components: tuple[str, ...] = ("p_abn", "ma
         rng = x.max() - x.min() if x.size else 0.0
         total += (x - x.min()) / rng if rng > 0 else np.zeros_like(x)
     return total
-
-
-def clipad_evaluation_scores(model, prediction) -> Optional[np.ndarray]:
-    """Hook for `anomalens evaluate`: the per-category min–max image score for a clipad model, else None."""
-    if getattr(model, "name", None) != "clipad":
-        return None
-    return clipad_minmax_scores(prediction)
