@@ -1,11 +1,11 @@
 """ONNX export: onnxruntime vs the torch model on CPU, ms per image, same inputs, same run (the ratio is the figure).
 
-    python benchmarks/export.py [--model patchcore|winclip] [--backbone tf_efficientnet_lite0] [--batch 8]
+    python benchmarks/export.py [--model patchcore|winclip|clipad] [--backbone tf_efficientnet_lite0] [--batch 8]
                                 [--repeats 5] [--threads 2] [--json out.json]
 
 PatchCore defaults to the ImageNet EfficientNet-Lite0 that ships in the pip package (real weights, offline) fitted
-on the synthetic weave category at the paper geometry (256 -> 224); WinCLIP runs random-init (`weights=None`,
-ViT-B-16-plus-240 structure) zero-shot. Both routes score the same transformed batch; timings interleave the two
+on the synthetic weave category at the paper geometry (256 -> 224); WinCLIP and CLIP-AD (SDP) run random-init
+(`weights=None`, ViT-B-16-plus-240 structure) zero-shot. Both routes score the same transformed batch; timings interleave the two
 routes repeat by repeat and keep each route's median, so background load hits both alike. Parity of scores and
 maps is printed with the timings.
 """
@@ -27,7 +27,9 @@ def _model(name: str, backbone: str, root: Path):
             str(root / "weave" / "train" / "good"))
     if name == "winclip":
         return anomalens.create("winclip", weights=None, class_name="fabric", device="cpu").fit(None)
-    raise SystemExit(f"--model must be patchcore or winclip, got {name!r}")
+    if name == "clipad":
+        return anomalens.create("clipad", weights=None, class_name="fabric", device="cpu").fit(None)
+    raise SystemExit(f"--model must be patchcore, winclip or clipad, got {name!r}")
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     root = make_synthetic_dataset(tmp / "data", categories=["weave"])
     det = _model(args.model, args.backbone, root)
-    size = (det.image_size, det.image_size) if args.model == "winclip" else None  # square synthetic images
+    size = (det.image_size, det.image_size) if args.model in ("winclip", "clipad") else None  # square synthetic images
     H, W = input_size(det, size)
     paths = sorted(str(p) for p in (root / "weave" / "test").rglob("*.png"))[: args.batch]
     from anomalens.data import load_image
@@ -64,7 +66,7 @@ def main() -> None:
 
     def torch_route():
         with torch.inference_mode():
-            s, m = det._predict_batch(x)
+            s, m = det._predict_batch(x)[:2]
             det._postprocess(np.asarray(s, np.float64), np.asarray(m, np.float32))
 
     def ort_route():

@@ -157,3 +157,35 @@ def test_patchcore_real_weights_real_images_parity(assets, tmp_path):
 
     s, _ = OnnxModel(path).run(transformed(model, ds))
     assert roc_auc_score(ds.labels, s) == roc_auc_score(ds.labels, ref.image_scores)
+
+
+@pytest.mark.parametrize("variant", ["sdp", "sdp+"])
+def test_clipad_onnx_equals_torch(tmp_path, variant):
+    """The staged dual-path pass (surgery hooks traced beside the stock tower), T and the SDP+ adapters baked in;
+    the exported file comes from a saved model folder, as the CLI does it."""
+    from test_clipad import TINY, _random_adapters
+
+    from anomalens.models.clipad import save_adapters
+
+    kw = {}
+    if variant == "sdp+":
+        probe = anomalens.create("clipad", class_name="bottle", **TINY)
+        kw["adapter"] = str(save_adapters(tmp_path / "ad", _random_adapters(probe, 3), {}))
+    model = anomalens.create("clipad", class_name="bottle", variant=variant, **TINY, **kw).fit()
+    model = anomalens.load(model.save(tmp_path / "model"), device="cpu")
+    path = export_onnx(model, tmp_path / "clipad.onnx")
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 3, 96, 96, generator=g) * 4 - 2
+    s_ref, m_ref, _ = model._predict_batch(x)
+    onnx = OnnxModel(path)
+    for batch in (x, x[:1]):
+        s, m = onnx.run(batch)
+        n = len(batch)
+        assert s.shape == (n,) and m.shape == (n, 96, 96)
+        np.testing.assert_allclose(s, s_ref[:n], rtol=0, atol=RTOL * np.abs(s_ref).max())
+        np.testing.assert_allclose(m, m_ref[:n], rtol=0, atol=RTOL * np.abs(m_ref).max())
+    from anomalens.deploy.export import parity
+
+    assert parity(model, path, x)["map_max_rel"] < RTOL  # the route `anomalens export` checks with
+    side = json.loads(side_path(path).read_text())
+    assert side["model"] == "clipad" and side["settings"]["variant"] == variant and side["random_init"] is True

@@ -39,7 +39,8 @@ def predict(
         from anomalens.deploy.ray_predict import predict_ray
 
         summary = predict_ray(model_dir, images, out, address=ray, num_actors=workers, device=device,
-                              threshold=threshold, settings=settings, csv=fmt == "csv", resume=resume)
+                              threshold=threshold, settings=settings, csv=fmt == "csv", resume=resume,
+                              overlays_dir=out / "overlays" if overlays else None)
         det = None
     else:
         from anomalens.deploy.stream import finish_json, predict_stream

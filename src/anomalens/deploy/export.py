@@ -9,6 +9,8 @@ PatchCore: backbone taps → locally aware patch features → exact nearest neig
 Gaussian smoothing (scipy-equal reflect padding, a constant-index Gather). Ensembles need `calibrate` first
 (their per-member normalisation statistics are baked in). WinCLIP: the CLIP image tower, window masks, text
 prototypes T and (WinCLIP+) the k-shot memories as initializers; the tiles of a non-square input are fixed by H, W.
+CLIP-AD: the stock image tower with the V-V surgery path traced beside it (the same hooks as `dual_path_forward`),
+T = [T_n, T_a] and (SDP+) the stage adapters as initializers; image_score = p_abn + map_max (the predict score).
 
 Exported with torch's TorchScript-based exporter (`dynamo=False`): the hook-based feature taps trace as plain ops.
 """
@@ -207,7 +209,42 @@ class WinCLIPGraph(nn.Module):
         return score / len(tiles), amap / count
 
 
-GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph}
+# ---------------------------------------------------------------------------------------------- CLIP-AD
+class _ImageTower(nn.Module):
+    """The image half of an open_clip model, with the `encode_image` that `dual_path_forward` calls."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
+class CLIPADGraph(nn.Module):
+    """CLIP-AD SDP / SDP+ scoring of (N, 3, S, S) images: the staged dual-path pass, Σ_j Sim_j (+ M_ft), σ smoothing."""
+
+    def __init__(self, model: Detector, size: tuple[int, int]):
+        super().__init__()
+        self.tower = _ImageTower(model._model().visual)
+        self.register_buffer("text", model.text_features().detach().float().cpu().clone())
+        self.adapters = model._stage_adapters()
+        self.stages, self.ori_tap, self.sigma = int(model.stages), model.ori_tap, float(model.sigma_)
+        self.size = tuple(int(v) for v in size)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..models.clipad.torch_model import abnormal_probability, adapter_map, dual_path_forward, sdp_map, sdp_patch_scores
+
+        S = self.size[0]
+        out = dual_path_forward(self.tower, image, self.stages, self.ori_tap)
+        amap = sdp_map(sdp_patch_scores(out.surgery, self.text), S)
+        if self.adapters is not None:
+            amap = amap + adapter_map(self.adapters, out.original, self.text, S)
+        amap = gaussian_blur(amap, self.sigma)
+        return abnormal_probability(out.image_embed, self.text) + amap.flatten(1).amax(1), amap
+
+
+GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph, "clipad": CLIPADGraph}
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -332,7 +369,7 @@ class OnnxModel:
 def parity(model: Detector, onnx_path: Union[str, os.PathLike], images: torch.Tensor) -> dict:
     """Largest differences between the torch model and onnxruntime on transformed `images`, relative to the torch range."""
     with torch.inference_mode():
-        s_ref, m_ref = model._predict_batch(images)
+        s_ref, m_ref = model._predict_batch(images)[:2]  # (some models add score components)
         s_ref, m_ref = model._postprocess(np.asarray(s_ref, np.float64), np.asarray(m_ref, np.float32))
     s, m = OnnxModel(onnx_path).run(images)
     scale_s = max(float(np.abs(s_ref).max()), 1e-12)

@@ -199,6 +199,7 @@ def feature_surgery(Z: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 
 def patch_grid(n_patches: int) -> int:
+    n_patches = int(n_patches)  # a traced shape is a tensor
     g = int(round(n_patches ** 0.5))
     if g * g != n_patches:
         raise AnomalensError(f"{n_patches} patch tokens do not form a square grid")

@@ -1,0 +1,134 @@
+"""`predict --ray`: Ray Data batch inference on a local cluster equals the single-process streaming predict."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("ray")
+pytest.importorskip("pyarrow")
+
+from anomalens.cli import app  # noqa: E402
+from anomalens.deploy.stream import predict_stream  # noqa: E402
+
+from conftest import tiny_patchcore  # noqa: E402
+
+THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(synthetic_root, tmp_path_factory):
+    det = tiny_patchcore().fit(str(synthetic_root / "weave" / "train" / "good"))
+    det.threshold_ = THRESHOLD
+    return det.save(tmp_path_factory.mktemp("ray") / "model")
+
+
+@pytest.fixture(scope="module")
+def folder(synthetic_root, tmp_path_factory):
+    """9 readable test images of the weave category in two sub-folders, a truncated PNG, a text file named .jpg."""
+    root = tmp_path_factory.mktemp("incoming")
+    shutil.copytree(synthetic_root / "weave" / "test" / "good", root / "a")
+    shutil.copytree(synthetic_root / "weave" / "test" / "hole", root / "b")
+    good = next((root / "a").glob("*.png"))
+    (root / "a" / "zz_truncated.png").write_bytes(good.read_bytes()[:200])
+    (root / "b" / "notes.jpg").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(model_dir, folder, tmp_path_factory):
+    """The single-process streaming predict of the same folder: {path: row}."""
+    import anomalens
+
+    det = anomalens.load(model_dir, device="cpu")
+    summary = predict_stream(det, folder, tmp_path_factory.mktemp("single"), batch_size=3)
+    return {r["path"]: r for r in csv.DictReader(open(summary.path, newline=""))}
+
+
+def _assert_same_rows(rows: dict, ref: dict) -> None:
+    assert set(rows) == set(ref)
+    for p, r in rows.items():
+        assert bool(r["error"]) == bool(ref[p]["error"]), p
+        if ref[p]["error"]:
+            assert r["score"] in ("", None) and "unreadable" in str(r["error"])
+            continue
+        assert float(r["score"]) == pytest.approx(float(ref[p]["score"]), rel=1e-5, abs=1e-5)
+        assert str(r["anomalous"]) == ref[p]["anomalous"]
+
+
+def test_ray_equals_single_process_csv_and_parquet(cluster, model_dir, folder, single, tmp_path):
+    import pyarrow.parquet as pq
+
+    from anomalens.deploy.ray_predict import predict_ray
+
+    summary = predict_ray(model_dir, folder, tmp_path / "out", num_actors=2, device="cpu", batch_size=3, read_batch_size=2)
+    assert (summary.n_scored, summary.n_failed, summary.n_resumed) == (len(single) - 2, 2, 0)
+    assert summary.n_anomalous == sum(r["anomalous"] == "True" for r in single.values())
+    rows = {r["path"]: r for r in csv.DictReader(open(summary.table, newline=""))}
+    _assert_same_rows(rows, single)
+    table = pq.read_table(summary.path).to_pylist()
+    assert len(table) == len(single)
+    _assert_same_rows({r["path"]: r for r in table}, single)
+    assert not list((tmp_path / "out").glob("*.tmp*"))  # the Parquet file was written under a temporary name
+
+
+def test_ray_resume_scores_only_new_images(cluster, model_dir, folder, single, tmp_path):
+    from anomalens.deploy.ray_predict import predict_ray
+
+    first = sorted((folder / "a").glob("*.png"))
+    out = tmp_path / "out"
+    predict_ray(model_dir, [str(p) for p in first], out, num_actors=1, device="cpu")
+    again = predict_ray(model_dir, folder, out, num_actors=2, device="cpu")
+    assert again.n_resumed == len(first) and again.n_scored + again.n_failed == len(single) - len(first)
+    rows = list(csv.DictReader(open(again.table, newline="")))
+    assert len(rows) == len({r["path"] for r in rows}) == len(single)  # nothing scored twice
+    _assert_same_rows({r["path"]: r for r in rows}, single)
+
+
+def test_ray_refuses_whole_set_models(cluster, model_dir, folder, tmp_path, monkeypatch):
+    """Set-dependent scoring (MuSc, uncalibrated ensembles: `needs_whole_set`, tested in test_stream) is refused."""
+    import anomalens.deploy.stream as stream
+    from anomalens.deploy.ray_predict import predict_ray
+    from anomalens.errors import DataError
+
+    monkeypatch.setattr(stream, "needs_whole_set", lambda model: True)
+    with pytest.raises(DataError, match="without --ray"):
+        predict_ray(model_dir, folder, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_predict_ray(cluster, model_dir, folder, single, tmp_path):
+    r = CliRunner().invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "o"), "--ray", "auto",
+                                 "--workers", "2", "--device", "cpu", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert "2 unreadable" in r.output and (tmp_path / "o" / "predictions.parquet").is_file()
+    assert len(list((tmp_path / "o" / "overlays").rglob("*.png"))) == len(single) - 2  # drawn by the actors
+    import json
+
+    doc = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    rows = doc["predictions"]
+    _assert_same_rows({row["path"]: {k: ("" if v is None else v) for k, v in row.items()} for row in rows}, single)
+
+
+def test_actor_cpus_leave_room_for_reading():
+    """Actors hold their CPUs for the whole run: with none left for a read task the pipeline would never start."""
+    from anomalens.deploy.ray_predict import actor_cpus
+    from anomalens.errors import DataError
+
+    for cpus, actors, read in [(2, 2, 0.25), (2, 1, 0.25), (16, 4, 0.25), (1, 3, 0.5), (64, 8, 1.0)]:
+        each = actor_cpus(cpus, actors, read)
+        assert 0 < each <= 1.0 and actors * each + read <= cpus
+    assert actor_cpus(16, 4, 0.25) == 1.0
+    with pytest.raises(DataError, match="fewer --workers"):
+        actor_cpus(1, 40, 0.5)
