@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
 
+import anomalens.errors  # noqa: E402
 from anomalens.cli import app  # noqa: E402
 from anomalens.deploy.stream import predict_stream  # noqa: E402
 
@@ -132,3 +133,26 @@ def test_actor_cpus_leave_room_for_reading():
     assert actor_cpus(16, 4, 0.25) == 1.0
     with pytest.raises(DataError, match="fewer --workers"):
         actor_cpus(1, 40, 0.5)
+
+
+def test_unreachable_cluster_address_fails_fast(model_dir, folder, tmp_path):
+    """Ray retries a dead address for minutes; we check the port first and say so in one line."""
+    import socket
+    import time
+
+    from anomalens.deploy.ray_predict import reachable
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "o"),
+                                 "--ray", f"127.0.0.1:{port}", "--device", "cpu"])
+    assert r.exit_code == 2 and "cannot reach the Ray cluster" in r.output and time.perf_counter() - t0 < 60
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(anomalens.errors.DataError, match="HOST:PORT"):
+        reachable("no-port-here")
+    with socket.socket() as server:  # a listening port passes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")

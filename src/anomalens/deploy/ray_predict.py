@@ -69,11 +69,27 @@ def connect(address: Optional[str] = "auto") -> bool:
         except (ConnectionError, RuntimeError, ValueError):  # no cluster running: start a local one
             ray.init(include_dashboard=False, log_to_driver=False)
     else:
+        reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise DataError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return True
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (DataError) when nothing listens at a cluster address: Ray itself retries for minutes."""
+    import socket
+
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise DataError(f"Ray cluster address must be HOST:PORT or ray://HOST:PORT (or 'auto'), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise DataError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is the head running "
+                        "(`ray start --head`) and the port open?") from None
 
 
 # ----------------------------------------------------------------------------------------------- the Ray stages
@@ -239,6 +255,8 @@ def predict_ray(
     if needs_whole_set(det):
         raise DataError(f"{det.name} scores each image against the others in its set (whole-set scoring), which Ray "
                         "cannot split over actors: run `anomalens predict` without --ray (predict_stream)")
+    if address not in (None, "", "auto"):
+        reachable(address)  # before any output is written
     out_dir = Path(out_dir)
     pending_iter = iter_image_paths(images)
     first = next(pending_iter, None)  # a bad first argument fails before any file is touched
