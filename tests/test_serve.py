@@ -218,6 +218,18 @@ def test_missing_extra_is_one_line_naming_the_install(monkeypatch, model_dir):
     assert "pip install 'anomalens[serve]'" in r.output and "fastapi" in r.output and "Traceback" not in r.output
 
 
+def test_cli_settings_are_validated_then_reach_the_served_model(monkeypatch, model_dir):
+    import anomalens.deploy.serve as serving
+
+    r = CliRunner().invoke(cli_app, ["serve", str(model_dir), "--set", "batch_size=abc"])
+    assert r.exit_code == 2 and "batch_size" in r.output and "Traceback" not in r.output
+    served = {}
+    monkeypatch.setattr(serving, "serve", lambda det, **kw: served.update(det=det, **kw))
+    r = CliRunner().invoke(cli_app, ["serve", str(model_dir), "--set", "batch_size=3", "--device", "cpu", "--port", "0"])
+    assert r.exit_code == 0, r.output
+    assert served["det"].batch_size == 3 and served["port"] == 0
+
+
 # ----------------------------------------------------------------------------------------------- loopback
 def free_port() -> int:
     with socket.socket() as s:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, RANDOM_INIT_TAG, err_console, user_errors
+from .common import DEVICE_HELP, RANDOM_INIT_TAG, err_console, parse_settings, user_errors
 
 
 @user_errors
@@ -19,6 +19,7 @@ def serve(
     max_wait_ms: float = typer.Option(5.0, help="how long the first queued request waits for others to join its batch"),
     max_upload_mb: float = typer.Option(20.0, help="larger uploads answer 413"),
     threshold: Optional[float] = typer.Option(None, help="decision threshold on the image score (overrides the calibrated one)"),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="override a saved run-time setting key=value (e.g. batch_size=16)"),
     log_level: str = typer.Option("info", help="uvicorn log level (warning: quieter)"),
 ):
     """Serve a model over HTTP: POST /predict (multipart field `file` or raw image body; ?map=png adds the anomaly
@@ -34,16 +35,17 @@ def serve(
         raise ValueError(f"--max-wait-ms must be >= 0, got {max_wait_ms}")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
+    settings = parse_settings(setting)
     import anomalens
-    from anomalens.deploy.serve import serve as run
+    from anomalens.deploy import serve as serving
 
-    det = anomalens.load(model_dir, device=device)
+    det = anomalens.load(model_dir, device=device, **settings)
     t = threshold if threshold is not None else det.threshold_
     err_console.print(f"serving {det.name} from {model_dir} on http://{host}:{port} (device {det.device_}, "
                       + (f"threshold {t:.6g}" if t is not None else "no threshold: scores only")
                       + f", batches up to {max_batch})" + (RANDOM_INIT_TAG if det.random_init else ""),
                       highlight=False, soft_wrap=True)
-    sig = run(det, host=host, port=port, log_level=log_level, max_batch=max_batch, max_wait_ms=max_wait_ms,
+    sig = serving.serve(det, host=host, port=port, log_level=log_level, max_batch=max_batch, max_wait_ms=max_wait_ms,
               max_upload_mb=max_upload_mb, threshold=threshold)
     if sig is not None:
         import signal
