@@ -66,8 +66,7 @@ def main() -> None:
 
     def torch_route():
         with torch.inference_mode():
-            s, m = det._predict_batch(x)[:2]
-            det._postprocess(np.asarray(s, np.float64), np.asarray(m, np.float32))
+            det._postprocess(*det._score_batch(x))
 
     def ort_route():
         ort_model.run(x)

@@ -117,6 +117,22 @@ def test_mixed_sizes_scored_per_size_group(tmp_path, synthetic_root):
         assert float(r["score"]) == pytest.approx(alone, rel=1e-5)
 
 
+def test_models_with_score_components_stream_like_predict(folder, tmp_path):
+    """CLIP-AD's batches carry named score components beside scores and maps: the streaming route (also serve's
+    and Ray's) takes the scores and maps and equals `predict`."""
+    from test_clipad import TINY
+
+    import anomalens
+
+    model = anomalens.create("clipad", class_name="fabric", **TINY).fit()
+    summary = predict_stream(model, folder / "b", tmp_path / "out", batch_size=2)
+    rows = [r for r in rows_of(summary.path) if not r["error"]]
+    assert len(rows) == 4 and summary.n_failed == 1
+    ref = reference_scores(model, [r["path"] for r in rows])
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(ref[r["path"]], rel=1e-6, abs=1e-6)
+
+
 def test_whole_set_models_detected(fitted):
     from anomalens.detector import Detector
 

@@ -234,6 +234,12 @@ class Detector:
         """(scores (B,), maps (B, H, W)), optionally with a third item {component name: (B,) array}."""
         raise NotImplementedError
 
+    def _score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float64 (B,), maps float32 (B, H, W)) of one batch: `_predict_batch` without its score components
+        (the route of every per-batch caller: streaming predict, serve, Ray, export parity)."""
+        out = self._predict_batch(images)
+        return np.asarray(out[0], dtype=np.float64), np.asarray(out[1], dtype=np.float32)
+
     def _postprocess(self, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Set-level step after all batches (e.g. ensemble normalisation); identity by default."""
         return scores, maps

@@ -369,8 +369,7 @@ class OnnxModel:
 def parity(model: Detector, onnx_path: Union[str, os.PathLike], images: torch.Tensor) -> dict:
     """Largest differences between the torch model and onnxruntime on transformed `images`, relative to the torch range."""
     with torch.inference_mode():
-        s_ref, m_ref = model._predict_batch(images)[:2]  # (some models add score components)
-        s_ref, m_ref = model._postprocess(np.asarray(s_ref, np.float64), np.asarray(m_ref, np.float32))
+        s_ref, m_ref = model._postprocess(*model._score_batch(images))
     s, m = OnnxModel(onnx_path).run(images)
     scale_s = max(float(np.abs(s_ref).max()), 1e-12)
     scale_m = max(float(np.abs(m_ref).max()), 1e-12)

@@ -97,8 +97,7 @@ def score_images(model: Detector, images: Sequence[torch.Tensor]) -> list[tuple[
     out = []
     with torch.inference_mode():
         for idx in groups.values():
-            s, m = model._predict_batch(torch.stack([images[i] for i in idx]))
-            s, m = model._postprocess(np.asarray(s, dtype=np.float64), np.asarray(m, dtype=np.float32))
+            s, m = model._postprocess(*model._score_batch(torch.stack([images[i] for i in idx])))
             out.append((idx, np.asarray(s, dtype=np.float64), np.asarray(m, dtype=np.float32)))
     return out
 
