@@ -28,7 +28,8 @@ import numpy as np
 
 from ..errors import AnomalensError, DataError
 from ..io import atomic_path
-from .stream import FIELDS, ResultLog, StreamSummary, calibration_note, finish_json, iter_image_paths, load_for_model
+from .stream import (ResultLog, StreamSummary, _labels, _prepend, calibration_note, finish_json, iter_image_paths,
+                     load_for_model, new_paths)
 
 PARQUET_FILE = "predictions.parquet"
 INSTALL_HINT = "pip install 'anomalens[ray]'"
@@ -141,7 +142,7 @@ class Scorer:
         for idx, scores, maps in (score_images(self.model, images) if good else []):
             rows = [good[k] for k in idx]
             score[rows] = scores
-            labels = None if t is None else scores > t
+            labels = _labels(self.model, scores)
             if labels is not None:
                 label[rows] = labels.astype(np.int8)
             if self.overlays_dir is not None:
@@ -161,15 +162,6 @@ def actor_cpus(cluster_cpus: float, num_actors: int, read_num_cpus: float) -> fl
     if share < 0.05:
         raise DataError(f"{num_actors} model actors do not fit a Ray cluster of {cluster_cpus:g} CPUs; use fewer --workers")
     return min(1.0, int(share * 100) / 100)
-
-
-def _pending(images, done: set) -> list[str]:
-    out, seen = [], set(done)
-    for p in iter_image_paths(images):
-        if p not in seen:  # already written, or the same file named twice
-            seen.add(p)
-            out.append(p)
-    return out
 
 
 def _rows(batch: dict, random_init: bool) -> list[dict]:
@@ -258,9 +250,8 @@ def predict_ray(
     if address not in (None, "", "auto"):
         reachable(address)  # before any output is written
     out_dir = Path(out_dir)
-    pending_iter = iter_image_paths(images)
-    first = next(pending_iter, None)  # a bad first argument fails before any file is touched
-    del pending_iter
+    paths = iter_image_paths(images)
+    first = next(paths, None)  # a bad first argument fails before any file is touched
     log = ResultLog(out_dir / ("predictions.csv" if csv else "predictions.jsonl"), run_signature(det), resume)
     summary = RaySummary(out_dir / PARQUET_FILE, n_resumed=log.n_resumed, random_init=det.random_init,
                          calibration_note=calibration_note(det, threshold is not None),
@@ -268,7 +259,7 @@ def predict_ray(
     summary.n_anomalous = 0 if det.threshold_ is not None else None
     owns = False
     try:
-        todo = _pending(images, log.done) if first is not None else []
+        todo = list(new_paths(_prepend(first, paths), set(log.done)))
         if todo:
             owns = connect(address)
             for batch in _run(ray, todo, det, model_dir, device, settings, threshold, num_actors,
@@ -276,15 +267,7 @@ def predict_ray(
                               read_num_cpus, overlays_dir):
                 rows = _rows(batch, det.random_init)
                 log.append(rows)
-                for r in rows:
-                    if r["error"]:
-                        summary.n_failed += 1
-                        if len(summary.failures) < 20:
-                            summary.failures.append((r["path"], r["error"]))
-                    else:
-                        summary.n_scored += 1
-                        if r["anomalous"]:
-                            summary.n_anomalous += 1
+                summary.count(rows)
     finally:
         log.close()
         if owns:

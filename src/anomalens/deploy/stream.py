@@ -213,13 +213,30 @@ class StreamSummary:
     def n_total(self) -> int:
         return self.n_scored + self.n_failed + self.n_resumed
 
+    def count(self, rows: list[dict]) -> None:
+        """Add one batch of result rows (the first 20 failures kept with their reasons)."""
+        for r in rows:
+            if r["error"]:
+                self.n_failed += 1
+                if len(self.failures) < 20:
+                    self.failures.append((r["path"], r["error"]))
+            else:
+                self.n_scored += 1
+                if r["anomalous"] and self.n_anomalous is not None:
+                    self.n_anomalous += 1
+
+
+def new_paths(paths: Iterable[str], skip: set[str]) -> Iterator[str]:
+    """`paths` not in `skip` (results already written), each once: `skip` grows as they pass."""
+    for p in paths:
+        if p not in skip:
+            skip.add(p)  # the same file named twice is scored once
+            yield p
+
 
 def _chunks(paths: Iterable[str], size: int, skip: set[str]) -> Iterator[list[str]]:
     batch: list[str] = []
-    for p in paths:
-        if p in skip:
-            continue
-        skip.add(p)  # the same file named twice is scored once
+    for p in new_paths(paths, skip):
         batch.append(p)
         if len(batch) == size:
             yield batch
@@ -289,9 +306,6 @@ def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary,
     for i, (_, err) in enumerate(loaded):
         if err is not None:
             rows[i] = {"path": names[i], "score": None, "anomalous": None, "random_init": model.random_init, "error": err}
-            summary.n_failed += 1
-            if len(summary.failures) < 20:
-                summary.failures.append((names[i], err))
     if good:
         if needs_whole_set(model):
             pred = model.predict([names[i] for i in good])  # the set-level path reads the files itself
@@ -304,13 +318,12 @@ def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary,
                 i = good[k]
                 rows[i] = {"path": names[i], "score": float(scores[j]), "random_init": model.random_init, "error": None,
                            "anomalous": None if labels is None else bool(labels[j])}
-            summary.n_scored += len(idx)
-            if labels is not None:
-                summary.n_anomalous += int(labels.sum())
             if on_batch is not None:
                 on_batch(Prediction(scores, maps, labels, [names[good[k]] for k in idx], info=model.info(),
                                     threshold=getattr(model, "threshold_", None)))
-    log.append([rows[i] for i in range(len(names))])
+    ordered = [rows[i] for i in range(len(names))]
+    summary.count(ordered)
+    log.append(ordered)
 
 
 def calibration_note(model: Detector, manual: bool = False) -> str:
