@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 
 import pytest
@@ -95,6 +96,20 @@ def test_ray_resume_scores_only_new_images(cluster, model_dir, folder, single, t
     rows = list(csv.DictReader(open(again.table, newline="")))
     assert len(rows) == len({r["path"] for r in rows}) == len(single)  # nothing scored twice
     _assert_same_rows({r["path"]: r for r in rows}, single)
+
+
+def test_ray_never_replaces_a_parquet_file_it_did_not_write(cluster, model_dir, folder, tmp_path):
+    from anomalens.deploy.ray_predict import predict_ray
+    from anomalens.errors import DataError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.parquet").write_text("a user's file")
+    with pytest.raises(DataError, match="--no-resume"):
+        predict_ray(model_dir, folder, out, device="cpu")
+    assert (out / "predictions.parquet").read_text() == "a user's file" and sorted(os.listdir(out)) == ["predictions.parquet"]
+    predict_ray(model_dir, folder, out, device="cpu", resume=False)  # asked for: replaced
+    assert (out / "predictions.parquet").read_bytes()[:4] == b"PAR1"
 
 
 def test_ray_refuses_whole_set_models(cluster, model_dir, folder, tmp_path, monkeypatch):

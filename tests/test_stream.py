@@ -133,6 +133,21 @@ def test_models_with_score_components_stream_like_predict(folder, tmp_path):
         assert float(r["score"]) == pytest.approx(ref[r["path"]], rel=1e-6, abs=1e-6)
 
 
+def test_cli_json_never_replaces_a_users_file(fitted, folder, tmp_path):
+    model_dir = fitted.save(tmp_path / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.json").write_text('{"mine": 1}')
+    args = ["predict", str(model_dir), str(folder / "a"), "-o", str(out), "--format", "json", "--no-overlays"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--no-resume" in r.output
+    assert (out / "predictions.json").read_text() == '{"mine": 1}' and sorted(p.name for p in out.iterdir()) == ["predictions.json"]
+    assert runner.invoke(app, args).exit_code == 2  # still refused on a second try
+    assert runner.invoke(app, args + ["--no-resume"]).exit_code == 0
+    assert "predictions" in json.loads((out / "predictions.json").read_text())
+    assert runner.invoke(app, args).exit_code == 0  # its own output resumes
+
+
 def test_whole_set_models_detected(fitted):
     from anomalens.detector import Detector
 

@@ -43,8 +43,10 @@ def predict(
                               overlays_dir=out / "overlays" if overlays else None)
         det = None
     else:
-        from anomalens.deploy.stream import finish_json, predict_stream
+        from anomalens.deploy.stream import finish_json, predict_stream, refuse_foreign_outputs
 
+        if fmt == "json":
+            refuse_foreign_outputs(out / "predictions.jsonl", [out / "predictions.json"], resume)
         det = anomalens.load(model_dir, device=device, **settings)
         if threshold is not None:
             det.threshold_ = float(threshold)

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import AnomalensError, DataError
 from ..io import atomic_path
 from .stream import (ResultLog, StreamSummary, _labels, _prepend, calibration_note, finish_json, iter_image_paths,
-                     load_for_model, new_paths)
+                     load_for_model, new_paths, refuse_foreign_outputs)
 
 PARQUET_FILE = "predictions.parquet"
 INSTALL_HINT = "pip install 'anomalens[ray]'"
@@ -250,9 +250,11 @@ def predict_ray(
     if address not in (None, "", "auto"):
         reachable(address)  # before any output is written
     out_dir = Path(out_dir)
+    log_path = out_dir / ("predictions.csv" if csv else "predictions.jsonl")
+    refuse_foreign_outputs(log_path, [out_dir / PARQUET_FILE] + ([] if csv else [out_dir / "predictions.json"]), resume)
     paths = iter_image_paths(images)
     first = next(paths, None)  # a bad first argument fails before any file is touched
-    log = ResultLog(out_dir / ("predictions.csv" if csv else "predictions.jsonl"), run_signature(det), resume)
+    log = ResultLog(log_path, run_signature(det), resume)
     summary = RaySummary(out_dir / PARQUET_FILE, n_resumed=log.n_resumed, random_init=det.random_init,
                          calibration_note=calibration_note(det, threshold is not None),
                          overlays=Path(overlays_dir) if overlays_dir else None)

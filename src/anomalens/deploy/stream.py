@@ -352,6 +352,17 @@ def calibration_note(model: Detector, manual: bool = False) -> str:
     return f"threshold {t:.6g}" + (f" (calibrated on {', '.join(parts)})" if parts else " (set by hand or uncalibrated)")
 
 
+def refuse_foreign_outputs(log_path: Path, outputs: Sequence[Path], resume: bool = True) -> None:
+    """Refuse (DataError) when a final output file (JSON, Parquet) is already there but this run's log is not: it
+    was not written by a run in this folder, so it is a user's file. resume=False (--no-resume) asks to replace it."""
+    if not resume or Path(log_path).exists():
+        return
+    found = [str(p) for p in outputs if Path(p).exists()]
+    if found:
+        raise DataError(f"{', '.join(found)} already exist(s) and is not from a run in this folder; choose another "
+                        "--out, or pass --no-resume (resume=False) to replace it")
+
+
 def finish_json(log_path: Path, out_path: Path, header: dict) -> Path:
     """Assemble `{...header, "predictions": [rows]}` from a JSON-lines log, streaming (never all rows in memory)."""
     with atomic_path(out_path) as tmp, open(tmp, "w") as out, open(log_path) as src:
