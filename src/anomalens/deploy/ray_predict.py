@@ -17,9 +17,12 @@ use the single-process `predict_stream`.
 """
 from __future__ import annotations
 
+import contextlib
 import csv as _csv
 import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -32,6 +35,7 @@ from .stream import (ResultLog, StreamSummary, _labels, _prepend, calibration_no
                      load_for_model, new_paths, refuse_foreign_outputs)
 
 PARQUET_FILE = "predictions.parquet"
+QUIET = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}  # ray.init
 INSTALL_HINT = "pip install 'anomalens[ray]'"
 
 
@@ -66,13 +70,13 @@ def connect(address: Optional[str] = "auto") -> bool:
         return False
     if address in (None, "", "auto"):
         try:
-            ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+            ray.init(address="auto", **QUIET)
         except (ConnectionError, RuntimeError, ValueError):  # no cluster running: start a local one
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(**QUIET)
     else:
         reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, **QUIET)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise DataError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
     return True
@@ -284,29 +288,48 @@ def predict_ray(
     return summary
 
 
+@contextlib.contextmanager
+def _ordered_and_quiet():
+    """Ray Data settings for one run, restored after: rows in listing order (as the single-process log), Ray's
+    progress bars only where ours show (a terminal), no execution plans / resource tables / small-run hints."""
+    import ray.data
+
+    from ..progress import progress_enabled
+
+    ctx = ray.data.DataContext.get_current()
+    data_log = logging.getLogger("ray.data")
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, data_log.level)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = progress_enabled()
+    data_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # a small run gives the actor pool fewer batches than actors: Ray's hint about it is noise here
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved[0], saved[1]
+        data_log.setLevel(saved[2])
+
+
 def _run(ray, paths: list[str], det, model_dir, device: str, settings: dict, threshold, num_actors: int,
          batch_size: int, read_batch_size: int, actor_num_cpus: float, read_num_cpus: float, overlays_dir) -> Iterator[Any]:
     """Ray Data pipeline: read tasks -> model actors; yields result batches (numpy dicts) in input order."""
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    old_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # rows come back in listing order, as the single-process log
-    try:
-        gpus = 0.0
-        if actor_num_cpus is None:
-            actor_num_cpus = actor_cpus(ray.cluster_resources().get("CPU", 1.0), num_actors, read_num_cpus)
-        if str(device).startswith("cuda") or (device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1):
-            gpus = 1.0
-        n_blocks = max(1, min(len(paths), -(-len(paths) // read_batch_size)))
-        ds = ray.data.from_items([{"path": p, "file": os.path.abspath(p)} for p in paths], override_num_blocks=n_blocks)
-        ds = ds.map_batches(_read_batch, fn_kwargs={"transform": det.transform}, batch_size=read_batch_size,
-                            batch_format="numpy", num_cpus=read_num_cpus)
-        ds = ds.map_batches(Scorer, fn_constructor_kwargs={
-            "model_dir": str(Path(model_dir).resolve()), "device": device, "settings": settings, "threshold": threshold,
-            "overlays_dir": str(Path(overlays_dir).resolve()) if overlays_dir else None},
-            compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=batch_size, batch_format="numpy",
-            num_cpus=actor_num_cpus, num_gpus=gpus)
+    if actor_num_cpus is None:
+        actor_num_cpus = actor_cpus(ray.cluster_resources().get("CPU", 1.0), num_actors, read_num_cpus)
+    gpus = 0.0
+    if str(device).startswith("cuda") or (device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1):
+        gpus = 1.0
+    n_blocks = max(1, min(len(paths), -(-len(paths) // read_batch_size)))
+    ds = ray.data.from_items([{"path": p, "file": os.path.abspath(p)} for p in paths], override_num_blocks=n_blocks)
+    ds = ds.map_batches(_read_batch, fn_kwargs={"transform": det.transform}, batch_size=read_batch_size,
+                        batch_format="numpy", num_cpus=read_num_cpus)
+    ds = ds.map_batches(Scorer, fn_constructor_kwargs={
+        "model_dir": str(Path(model_dir).resolve()), "device": device, "settings": settings, "threshold": threshold,
+        "overlays_dir": str(Path(overlays_dir).resolve()) if overlays_dir else None},
+        compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=batch_size, batch_format="numpy",
+        num_cpus=actor_num_cpus, num_gpus=gpus)
+    with _ordered_and_quiet():
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
-    finally:
-        ctx.execution_options.preserve_order = old_order
