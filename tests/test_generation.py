@@ -577,6 +577,8 @@ def test_ic_lpips_clustering_protocol_with_a_plugin_distance():
 
 
 def test_is_and_lpips_fail_clearly_without_weights(tmp_path, monkeypatch):
+    """Needs torch-fidelity and lpips: the `test` extra installs them (through `generation`), so this test runs
+    rather than skips in CI; their weights are never on this machine, which is what it checks."""
     from anomalens.generation import evaluate as E
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
