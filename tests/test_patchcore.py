@@ -218,7 +218,8 @@ def _write_png(path, arr):
 
 def test_border_defect_of_a_non_square_image_is_found_with_default_geometry(tmp_path):
     """A defect in the outer tenth of an 80×200 image lies outside the paper's centre crop: with the default geometry
-    (whole image for a user's folder) fit + predict must score it above every normal image and put its map's maximum on it."""
+    (aspect kept, no crop, for a user's folder of small images) fit + predict must score it above every normal image and
+    put its map's maximum on it."""
     from typer.testing import CliRunner
 
     from anomalens.cli import app
@@ -235,7 +236,7 @@ def test_border_defect_of_a_non_square_image_is_found_with_default_geometry(tmp_
                                  "--set", "crop=84"])  # with geometry="paper" this defect scores 3.67 < 3.73 (a normal)
     assert r.exit_code == 0, r.output
     model = anomalens.load(tmp_path / "m")
-    assert model.geometry == "auto" and model.geometry_ == "whole"  # resolved at fit, saved with the model
+    assert model.geometry == "auto" and model.geometry_ == "aspect"  # resolved at fit, saved with the model
     pred = model.predict([str(p) for p in tests])
     assert pred.image_scores[-1] > pred.image_scores[:-1].max()
     full = pred.map_at_original_size(len(tests) - 1)

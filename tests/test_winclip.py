@@ -129,24 +129,44 @@ def test_truncated_text_encoding_is_exact(model):
 
 @pytest.mark.parametrize("h,w", [(240, 360), (240, 600), (300, 240), (240, 240), (240, 241)])
 def test_tiling_covers_every_pixel(h, w):
-    from anomalens.models.winclip.torch_model import tile_offsets
+    from anomalens.data.geometry import tile_offsets
 
     S = min(h, w)
     cover = np.zeros((h, w), int)
-    for t in tile_offsets(h, S):
-        for l in tile_offsets(w, S):
+    for t in tile_offsets(h, S, int(0.8 * S)):
+        for l in tile_offsets(w, S, int(0.8 * S)):
             cover[t : t + S, l : l + S] += 1
             assert t + S <= h and l + S <= w
     assert cover.min() >= 1
-    offs = tile_offsets(max(h, w), S)
+    offs = tile_offsets(max(h, w), S, int(0.8 * S))
     assert all(b - a <= int(0.8 * S) for a, b in zip(offs, offs[1:]))
 
 
 def test_non_square_image_is_tiled_end_to_end(model):
     x = torch.rand(1, 3, 96, 160, generator=torch.Generator().manual_seed(4))
-    assert model.tiles(model.transform.image(x[0])[None]) == [(0, 0), (0, 64)]
+    frame = model.transform.image(x[0])[None]
+    assert [b[:2] for b in model.frame.tiler.boxes(*frame.shape[-2:])] == [(0, 0), (0, 64)]
     pred = model.predict(x)
     assert pred.anomaly_maps.shape == (1, 96, 160) and np.isfinite(pred.anomaly_maps).all()
+
+
+def test_paper_tiling_equals_a_literal_loop_over_square_tiles(model):
+    """The shared geometry layer reproduces the paper's tiling (supp. A) exactly: square tiles of the shorter side at
+    stride ⌊0.8 S⌋ (last one at the edge), each scored alone, scores averaged, maps averaged where tiles overlap."""
+    x = torch.rand(2, 3, 96, 250, generator=torch.Generator().manual_seed(7))
+    frames = torch.stack([model.transform.image(im) for im in x])
+    H, W = frames.shape[-2:]
+    S = min(H, W)
+    offs = list(range(0, W - S, int(0.8 * S))) + [W - S]
+    score, amap, count = torch.zeros(2, dtype=torch.float64), torch.zeros(2, H, W), torch.zeros(H, W)
+    for l in offs:
+        s, m = model._score_square(frames[..., :, l : l + S])
+        score += s.double()
+        amap[:, :, l : l + S] += m
+        count[:, l : l + S] += 1
+    pred = model.predict(x)
+    np.testing.assert_allclose(pred.image_scores, (score / len(offs)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(pred.anomaly_maps, (amap / count).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_folder_of_mixed_image_sizes_scores_every_image(model, tmp_path):

@@ -6,6 +6,7 @@ threshold) + `model.safetensors` (tensors). No pickle is ever written or read.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .data import DataLike, ImageDataset, ImageTransform, as_dataset, iter_batches
+from .data.geometry import Frame, Tiler, auto_geometry, build_frame
 from .device import resolve_device
 from .errors import DataError, ModelFormatError, NotFittedError, OutputExistsError, SettingError
 from .io import atomic_path, load_safetensors_mmap
@@ -107,7 +109,11 @@ class Detector:
     name: ClassVar[str] = "detector"
     zero_shot: ClassVar[bool] = False
     #: numeric ranges checked when a model is built, interval notation; merged over subclasses
-    setting_ranges: ClassVar[dict[str, str]] = {"batch_size": "[1, inf)"}
+    setting_ranges: ClassVar[dict[str, str]] = {"batch_size": "[1, inf)", "scale": "(0, 4]"}
+    #: the geometries this method supports (`anomalens.data.geometry`); "auto" resolves among them
+    geometries: ClassVar[tuple[str, ...]] = ("paper", "whole", "aspect", "tiles")
+    #: how tile scores become an image score under tiling ("max": a defect anywhere makes the image anomalous)
+    tile_reduce: ClassVar[str] = "max"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap each subclass's `__init__` so every setting is type- and range-checked once it is stored."""
@@ -121,6 +127,7 @@ class Detector:
             init(self, *args, **kw)
             if type(self).__init__ is checked_init:  # only the outermost __init__ checks (after all settings exist)
                 check_settings(type(self), {k: getattr(self, k) for k in _param_names(type(self)) if hasattr(self, k)})
+                _check_geometry_setting(self)
 
         cls.__init__ = checked_init  # type: ignore[method-assign]
 
@@ -137,9 +144,77 @@ class Detector:
         return f"{type(self).__name__}({args})"
 
     @property
-    def transform(self) -> ImageTransform:
-        """The image geometry and normalisation this model expects."""
+    def paper_transform(self) -> ImageTransform:
+        """The method's own preprocessing (geometry="paper")."""
         raise NotImplementedError
+
+    @property
+    def paper_tiler(self) -> Optional[Tiler]:
+        """The method's own tiling of its paper frame, if its paper tiles (WinCLIP); None otherwise."""
+        return None
+
+    @property
+    def input_size(self) -> Optional[int]:
+        """The square side a fixed-input model takes (a ViT); None when any size works (a CNN)."""
+        return None
+
+    @property
+    def geometry_size(self):
+        """S: the side "whole" squashes to and "aspect" sets the shorter side to (default: the input size)."""
+        return self.input_size
+
+    @property
+    def resolved_geometry(self) -> str:
+        """The geometry in use: `geometry_` (resolved from the data at fit, saved with the model), else the setting;
+        "auto" not yet resolved reads as "paper"."""
+        g = getattr(self, "geometry_", None) or getattr(self, "geometry", "paper")
+        return "paper" if g == "auto" else g
+
+    @property
+    def frame(self) -> Frame:
+        """The resolved geometry: transform from image to frame, and the tiler from frame to model inputs."""
+        g = self.resolved_geometry
+        if g not in self.geometries:
+            from .errors import SettingError
+
+            raise SettingError(f"{self.name} supports geometry {', '.join(self.geometries)} (got {g!r})"
+                               + (f": {self.geometry_refusal}" if getattr(self, "geometry_refusal", "") else ""))
+        return build_frame(g, self.paper_transform, self.input_size, self.geometry_size,
+                           fixed_input=self.input_size is not None, tile=getattr(self, "tile", None),
+                           overlap=getattr(self, "overlap", None), scale=getattr(self, "scale", 1.0),
+                           paper_tiler=self.paper_tiler, reduce=self.tile_reduce)
+
+    @property
+    def transform(self) -> ImageTransform:
+        """The image geometry and normalisation this model expects (the resolved geometry's frame transform)."""
+        return self.frame.transform
+
+    def _auto_geometry(self, dataset: ImageDataset) -> str:
+        """geometry="auto" on `dataset`: see `anomalens.data.geometry.auto_geometry`, limited to this method's."""
+        size = dataset.original_size(0) if len(dataset) else None
+        S = self.geometry_size
+        S = min(S) if isinstance(S, (list, tuple)) else S
+        g = auto_geometry(getattr(dataset, "name", None), size, int(S or 256))
+        return g if g in self.geometries else "paper"
+
+    def _frames_out(self, images: torch.Tensor) -> tuple:
+        """`_predict_batch` on a batch of frames: directly, or view by view through the frame's tiler (stitched)."""
+        tiler = self.frame.tiler
+        if tiler is None:
+            return self._predict_batch(images)
+        return tiler.score(images, self._predict_batch, self.batch_size_for_predict)
+
+    def _input_batches(self, ds: ImageDataset, description: str):
+        """Model-input batches of `ds` (for fit): the frames, or their tiler's views in chunks of about batch_size."""
+        tiler = self.frame.tiler
+        for images, _, _ in self._batches(ds, description):
+            if tiler is None:
+                yield images
+                continue
+            boxes = tiler.boxes(*images.shape[-2:])
+            per = max(1, self.batch_size_for_predict // images.shape[0])
+            for i in range(0, len(boxes), per):
+                yield tiler.views(images, boxes[i:i + per])
 
     @property
     def random_init(self) -> bool:
@@ -173,6 +248,11 @@ class Detector:
             self._fit(None)
         else:
             ds = as_dataset(data)
+            if getattr(self, "geometry", None) == "auto":
+                self.geometry_ = self._auto_geometry(ds)
+            else:
+                self.geometry_ = self.resolved_geometry
+            self.frame  # an unsupported geometry fails here, before any data work
             self._resolve_for(ds)
             self._fit(ds.with_transform(self.transform))
         self.fitted_ = True
@@ -183,15 +263,32 @@ class Detector:
         raise NotImplementedError
 
     def _resolve_for(self, dataset: ImageDataset) -> None:
-        """Settings that depend on the training data (e.g. PatchCore's geometry="auto"), fixed before `_fit`."""
+        """Settings that depend on the training data, fixed before `_fit` (geometry="auto" is resolved before)."""
 
     def predict(self, data: DataLike) -> Prediction:
         """Score images: image scores, anomaly maps, and labels when a threshold is set."""
         self._check_fitted("predict")
-        ds = as_dataset(data, self.transform)
+        ds = as_dataset(data)
+        with self._geometry_for(ds):
+            return self._predict_dataset(ds.with_transform(self.transform))
+
+    @contextlib.contextmanager
+    def _geometry_for(self, ds: ImageDataset):
+        """A model with geometry="auto" that was never fitted on data (zero-shot) resolves it for this call only."""
+        if getattr(self, "geometry", None) != "auto" or getattr(self, "geometry_", None):
+            yield
+            return
+        self.geometry_ = self._auto_geometry(ds)
+        try:
+            self.frame
+            yield
+        finally:
+            self.geometry_ = None
+
+    def _predict_dataset(self, ds: ImageDataset) -> Prediction:
         scores, maps, masks, paths, parts, sizes = [], [], [], [], [], []
         for images, batch_masks, samples in self._batches(ds, f"{self.name}: scoring"):
-            out = self._predict_batch(images)  # (scores, maps) or (scores, maps, {name: (B,) array})
+            out = self._frames_out(images)  # (scores, maps) or (scores, maps, {name: (B,) array})
             scores.append(np.asarray(out[0], dtype=np.float64))
             maps.append(np.asarray(out[1], dtype=np.float32))
             parts.append(out[2] if len(out) > 2 else {})
@@ -207,8 +304,10 @@ class Detector:
         return pred
 
     def _batches(self, ds: ImageDataset, description: str):
-        """(images, masks, samples) batches of `ds` through this model's transform."""
-        return iter_batches(ds, self.transform, self.batch_size_for_predict, description=description)
+        """(images, masks, samples) batches of `ds` through this model's transform (one image at a time for tiles at
+        native resolution: memory follows the image, not the batch)."""
+        frame = self.frame
+        return iter_batches(ds, frame.transform, 1 if frame.large else self.batch_size_for_predict, description=description)
 
     def _prediction(self, ds: ImageDataset, image_scores: np.ndarray, anomaly_maps: np.ndarray, masks: list, paths: list[str],
                     sizes: Optional[list] = None) -> Prediction:
@@ -237,7 +336,7 @@ class Detector:
     def _score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(scores float64 (B,), maps float32 (B, H, W)) of one batch: `_predict_batch` without its score components
         (the route of every per-batch caller: streaming predict, serve, Ray, export parity)."""
-        out = self._predict_batch(images)
+        out = self._frames_out(images)
         return np.asarray(out[0], dtype=np.float64), np.asarray(out[1], dtype=np.float32)
 
     def _postprocess(self, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,7 +410,7 @@ class Detector:
             "settings": self.get_params(),
             "threshold": getattr(self, "threshold_", None),
             "calibration": getattr(self, "calibration_", None),
-            "state": self._state_extra(),
+            "state": {"geometry": getattr(self, "geometry_", None), **self._state_extra()},
             "random_init": self.random_init,
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
@@ -320,6 +419,20 @@ class Detector:
             save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT_NAME})
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         return path
+
+
+def _check_geometry_setting(model: "Detector") -> None:
+    """geometry / tile / overlap / scale: one line at construction, naming why a method refuses a geometry."""
+    from .data.geometry import check_geometry
+
+    g = getattr(model, "geometry", None)
+    if g is None:
+        return
+    check_geometry(g, getattr(model, "tile", None), getattr(model, "overlap", None), getattr(model, "scale", 1.0))
+    if g != "auto" and g not in model.geometries:
+        reason = getattr(model, "geometry_refusal", "")
+        raise SettingError(f"{model.name} supports geometry {', '.join(('auto',) + tuple(model.geometries))}, not {g!r}"
+                           + (f": {reason}" if reason else ""))
 
 
 def check_fpr(fpr: float) -> None:
@@ -404,7 +517,10 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
         tensors = load_safetensors_mmap(tensor_path)
     except (ValueError, OSError, KeyError) as exc:
         raise ModelFormatError(f"corrupt tensor file {tensor_path}: {exc}") from exc
-    model._load_state(tensors, config.get("state", {}))
+    state = config.get("state", {})
+    # the geometry resolved at fit (None: "auto" resolved per call); models saved before geometries existed: "paper"
+    model.geometry_ = state.get("geometry", "paper")
+    model._load_state(tensors, state)
     model.fitted_ = True
     model.threshold_ = config.get("threshold")
     model.calibration_ = config.get("calibration")

@@ -1,4 +1,6 @@
-"""Per-method image geometry: resize (shorter side or squash), center crop, normalisation; masks follow the same geometry."""
+"""Image transforms: resize (shorter side, squash or a scale), center crop, normalisation; masks follow the same geometry.
+
+Which transform a model uses is the shared geometry layer's choice (`anomalens.data.geometry`)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,13 +27,15 @@ _INTERP = {
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """resize: int = shorter side (aspect kept) or (H, W) = squash; crop: center crop size or None."""
+    """resize: int = shorter side (aspect kept) or (H, W) = squash; crop: center crop size or None; scale: with
+    resize None, a factor on the native size (the tiles geometry at a given `scale`; None = native)."""
 
     resize: Union[int, Sequence[int], None] = 256
     crop: Optional[int] = 224
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERP:
@@ -51,6 +55,8 @@ class ImageTransform:
     def to_dict(self) -> dict:
         """JSON-ready settings."""
         d = asdict(self)
+        if d["scale"] is None:
+            del d["scale"]  # the form saved before `scale` existed
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if isinstance(self.resize, tuple):
             d["resize"] = list(self.resize)
@@ -60,6 +66,8 @@ class ImageTransform:
         if self.resize is not None:
             size = list(self.resize) if isinstance(self.resize, tuple) else int(self.resize)
             img = TF.resize(img, size, interpolation=mode, antialias=antialias)
+        elif self.scale is not None:
+            img = TF.resize(img, list(self.resized_size(tuple(img.shape[-2:]))), interpolation=mode, antialias=antialias)
         if self.crop is not None:
             img = TF.center_crop(img, [int(self.crop), int(self.crop)])
         return img
@@ -89,6 +97,8 @@ class ImageTransform:
         """(H, W) after the resize step for an input of `size` (torchvision's shorter-side rule)."""
         h, w = size
         if self.resize is None:
+            if self.scale is not None:
+                return max(1, int(round(h * self.scale))), max(1, int(round(w * self.scale)))
             return h, w
         if isinstance(self.resize, tuple):
             return self.resize  # type: ignore[return-value]

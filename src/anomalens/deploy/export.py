@@ -194,19 +194,24 @@ class WinCLIPGraph(nn.Module):
         m = self.model
         m._text = self.text  # the traced constant, not an inference-mode tensor
         H, W = self.size
-        S = min(H, W)
-        tiles = m.tiles(image)
-        score = image.new_zeros(image.shape[0])
+        tiler = m.frame.tiler
+        boxes = tiler.boxes(H, W) if tiler is not None else [(0, 0, min(H, W))]
+        scores = []
         amap = image.new_zeros(image.shape[0], H, W)
         count = torch.zeros(H, W)
-        for t, l in tiles:
-            s, mp = m._score_square(m._square(image, t, l))
+        for box in boxes:
+            t, l, S = box
+            view = tiler.views(image, [box]) if tiler is not None else image
+            s, mp = m._score_square(view)
             if mp.shape[-1] != S:
                 mp = F.interpolate(mp[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
-            score = score + s.float()
-            amap = amap + F.pad(mp, (l, W - l - S, t, H - t - S))
-            count[t : t + S, l : l + S] += 1
-        return score / len(tiles), amap / count
+            w = tiler.weight(box, H, W) if tiler is not None else torch.ones(S, S)
+            scores.append(s.float())
+            amap = amap + F.pad(mp * w, (l, W - l - S, t, H - t - S))
+            count[t : t + S, l : l + S] += w
+        stacked = torch.stack(scores)  # the frame's tiler reduction, as `Tiler.score`
+        score = stacked.amax(0) if tiler is not None and tiler.reduce == "max" else stacked.mean(0)
+        return score, amap / count
 
 
 # ---------------------------------------------------------------------------------------------- CLIP-AD
@@ -247,6 +252,36 @@ class CLIPADGraph(nn.Module):
 GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph, "clipad": CLIPADGraph}
 
 
+class TiledGraph(nn.Module):
+    """A model's graph over the views of one fixed-size frame: the geometry's tiler unrolled into static crops, each
+    scored by `inner`, maps blended with the tiler's weights, scores reduced by its rule (as `Tiler.score`)."""
+
+    def __init__(self, inner: nn.Module, tiler, size: tuple[int, int]):
+        super().__init__()
+        self.inner, self.tiler, self.size = inner, tiler, tuple(int(v) for v in size)
+        H, W = self.size
+        self.boxes = tiler.boxes(H, W)
+        for i, box in enumerate(self.boxes):
+            self.register_buffer(f"weight{i}", tiler.weight(box, H, W))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        H, W = self.size
+        scores = []
+        amap = image.new_zeros(image.shape[0], H, W)
+        norm = image.new_zeros(H, W)
+        for i, (t, l, S) in enumerate(self.boxes):
+            s, m = self.inner(self.tiler.views(image, [(t, l, S)]))[:2]
+            if m.shape[-1] != S or m.shape[-2] != S:
+                m = F.interpolate(m[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+            w = getattr(self, f"weight{i}")
+            scores.append(s.float())
+            amap = amap + F.pad(m * w, (l, W - l - S, t, H - t - S))
+            norm = norm + F.pad(w, (l, W - l - S, t, H - t - S))
+        stacked = torch.stack(scores)
+        score = stacked.amax(0) if self.tiler.reduce == "max" else stacked.mean(0)
+        return score, amap / norm.clamp(min=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------- export
 def input_size(model: Detector, size: Optional[Sequence[int]] = None) -> tuple[int, int]:
     """(H, W) of the graph input: the transform's fixed output size, else `size` (required then)."""
@@ -257,8 +292,8 @@ def input_size(model: Detector, size: Optional[Sequence[int]] = None) -> tuple[i
             raise ExportError(f"{model.name}'s transform always gives {fixed[0]}x{fixed[1]} images; input size {size} would not match")
         return size
     if fixed is None:
-        raise ExportError(f"{model.name}'s transform keeps the aspect ratio (resize={model.transform.resize}, no crop), "
-                          "so its output size varies; export for one size with input_size=(H, W) / --input-size H W")
+        raise ExportError(f"{model.name}'s geometry ({model.resolved_geometry}) keeps each image's own size, so its "
+                          "frame size varies; export for one frame size with input_size=(H, W) / --input-size H W")
     return tuple(int(v) for v in fixed)  # type: ignore[return-value]
 
 
@@ -270,7 +305,13 @@ def build_graph(model: Detector, size: Optional[Sequence[int]] = None) -> nn.Mod
         raise ExportError(f"ONNX export supports {sorted(GRAPHS)}, not {model.name!r}")
     if model.device_.type != "cpu":
         raise ExportError(f"export runs on the CPU; load the model with device='cpu' (it is on {model.device_})")
-    return cls(model, input_size(model, size)).eval()
+    size = input_size(model, size)
+    tiler = model.frame.tiler
+    if tiler is None or cls is WinCLIPGraph:  # WinCLIP's graph runs its frame's tiler itself
+        return cls(model, size).eval()
+    side = tiler.boxes(*size)[0][2]
+    view = tiler.input_size or side
+    return TiledGraph(cls(model, (view, view)), tiler, size).eval()
 
 
 def _sha256(path: Path) -> str:

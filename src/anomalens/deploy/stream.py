@@ -12,6 +12,7 @@ min–max normalisation) are scored in one pass over every readable image, as `D
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob as _glob
 import io
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..data import ImageTransform, load_image
+from ..data import ImagePaths, ImageTransform, load_image
 from ..data.image_io import is_image_file
 from ..detector import Detector, Prediction
 from ..errors import DataError
@@ -266,12 +267,20 @@ def predict_stream(
     model._check_fitted("predict")
     paths = iter_image_paths(images)
     first = next(paths, None)  # fail on a bad first argument before any file is touched
+    # geometry="auto" on a model never fitted on images (zero-shot): resolved from the first image, as predict() does
+    with model._geometry_for(ImagePaths([first])) if first is not None else contextlib.nullcontext():
+        return _predict_stream(model, _prepend(first, paths), out_dir, fmt, batch_size, resume, num_workers, on_batch)
+
+
+def _predict_stream(model: Detector, all_paths: Iterator[str], out_dir, fmt: str, batch_size: Optional[int], resume: bool,
+                    num_workers: int, on_batch) -> StreamSummary:
     log = ResultLog(Path(out_dir) / f"predictions.{fmt}", run_signature(model), resume)
     summary = StreamSummary(log.path, n_resumed=log.n_resumed)
     summary.n_anomalous = 0 if getattr(model, "threshold_", None) is not None else None
     transform = model.transform
     batch = len(log.done) + 10**12 if needs_whole_set(model) else int(batch_size or model.batch_size_for_predict)
-    all_paths = _prepend(first, paths)
+    if model.frame.large and batch_size is None:
+        batch = 1  # tiles at native resolution: one image at a time, its tiles batched by the model
     try:
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             chunks = _chunks(all_paths, batch, set(log.done))

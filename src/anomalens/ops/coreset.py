@@ -136,3 +136,31 @@ def _select_pruned(x, sq, delta, selected, first, steps) -> torch.Tensor:
         member = owner >= 0
         gmax.scatter_reduce_(0, owner[member], delta[member].clamp(min=0), reduce="amax", include_self=True)
     return selected.cpu()
+
+
+def chunked_select(x: torch.Tensor, ratio: float, chunk: Optional[int], device: Optional[torch.device] = None,
+                   seed: int = 0, start: str = "mean10", prune: bool = False, limit: Optional[int] = None) -> torch.Tensor:
+    """Greedy coreset of x (N, d*) projected points: l = ⌊ratio·N⌋ rows (at most `limit`), selected per consecutive
+    chunk of `chunk` rows.
+
+    chunk None (or ≥ N): one exact selection, identical to `greedy_select`. Otherwise each chunk keeps its share of l
+    (l · rows / N, at least 1) from its own rows, so the cost is O(l · chunk) — linear in N for a fixed ratio, and
+    bounded by `limit` — instead of O(l · N), and every chunk (a span of images or tiles) keeps its own coverage.
+    Indices are into x, chunk by chunk, each chunk in its selection order.
+    """
+    N = x.shape[0]
+    total = coreset_size(N, ratio)
+    if limit is not None:
+        total = min(total, int(limit))
+    if chunk is None or N <= chunk:
+        return greedy_select(x.to(device) if device is not None else x, total, seed=seed, start=start, prune=prune).cpu()
+    out = []
+    bounds = list(range(0, N, int(chunk)))
+    if len(bounds) > 1 and N - bounds[-1] < int(chunk) // 2:  # no tiny last chunk: fold it into the one before
+        bounds.pop()
+    for i, lo in enumerate(bounds):
+        hi = bounds[i + 1] if i + 1 < len(bounds) else N
+        part = x[lo:hi].to(device) if device is not None else x[lo:hi]
+        share = max(1, int(round(total * (hi - lo) / N)))
+        out.append(greedy_select(part, share, seed=seed + i, start=start, prune=prune, progress=False).cpu() + lo)
+    return torch.cat(out)

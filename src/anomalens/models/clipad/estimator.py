@@ -63,7 +63,10 @@ class CLIPAD(Detector):
     """CLIP-AD SDP (training-free) and SDP+ (`adapter=`: 4 linears trained on another dataset), spec defaults:
     open_clip ViT-B-16-plus-240 / laion400m_e31, any image squashed to 240², 4 stages of 3 blocks, DBSCAN RVS with
     the `dataset` preset, σ = 8 (SDP+ on VisA: 2). image_scores = p_abn + map_max (raw sum; the paper's per-category
-    min–max sum is `clipad_minmax_scores(prediction)`), both parts in `Prediction.components`."""
+    min–max sum is `clipad_minmax_scores(prediction)`), both parts in `Prediction.components`. geometry: "paper" (the
+    squash above), "whole" (the same squash), "aspect" (shorter side 240, square tiles across the long side), "tiles"
+    (native-resolution tiles resized to 240; every score and component the max over tiles); "auto" = paper on MVTec AD
+    / VisA, else aspect or tiles by image size (`anomalens.data.geometry`)."""
 
     zero_shot = True
     setting_ranges = {"image_size": "[16, inf)", "stages": "[1, inf)", "sigma": "[0, inf)", "dbscan_eps": "(0, inf)",
@@ -86,6 +89,10 @@ class CLIPAD(Detector):
         dbscan_min_samples: Optional[int] = None,
         name_transform: Optional[Literal["underscore_to_space", "readable"]] = None,
         sigma: Optional[float] = None,
+        geometry: Literal["auto", "paper", "whole", "aspect", "tiles"] = "auto",
+        tile: Optional[int] = None,
+        overlap: Optional[int] = None,
+        scale: float = 1.0,
         batch_size: int = 8,
         seed: int = 0,
         device: str = "auto",
@@ -105,6 +112,10 @@ class CLIPAD(Detector):
         self.dbscan_min_samples = dbscan_min_samples
         self.name_transform = name_transform
         self.sigma = sigma
+        self.geometry = geometry
+        self.tile = tile
+        self.overlap = overlap
+        self.scale = scale
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -134,9 +145,14 @@ class CLIPAD(Detector):
         return float(self.sigma) if self.sigma is not None else sigma_preset(self.variant, self.dataset)
 
     @property
-    def transform(self) -> ImageTransform:
+    def paper_transform(self) -> ImageTransform:
+        """Any image squashed to image_size², bicubic, OpenAI CLIP mean/std; masks in the official geometry."""
         s = int(self.image_size)
         return SquashTransform((s, s), None, CLIP_MEAN, CLIP_STD, "bicubic")
+
+    @property
+    def input_size(self) -> int:
+        return int(self.image_size)
 
     # ---- components -------------------------------------------------------------------------------------------
     def setup(self) -> "CLIPAD":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -91,6 +91,11 @@ class MuSc(Detector):
     """
 
     zero_shot = True
+    geometries = ("paper", "whole")
+    geometry_refusal = ("mutual scoring compares each image's patch grid with the same-size grids of the other images "
+                        "of the set; tiles or aspect-kept frames give every image its own grid, so there is nothing to "
+                        "compare them with. MuSc squashes every image (paper = whole); for large images use PatchCore "
+                        "or WinCLIP with geometry='tiles'")
 
     def __init__(
         self,
@@ -105,6 +110,7 @@ class MuSc(Detector):
         reference_reducer: str = "interval",
         max_pool: Optional[int] = None,
         block: Optional[int] = None,
+        geometry: Literal["auto", "paper", "whole", "aspect", "tiles"] = "auto",
         batch_size: int = 4,
         cache_dir: Optional[str] = None,
         token_dtype: str = "float32",
@@ -122,6 +128,7 @@ class MuSc(Detector):
         self.reference_reducer = reference_reducer
         self.max_pool = max_pool
         self.block = block
+        self.geometry = geometry
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.token_dtype = token_dtype
@@ -134,7 +141,11 @@ class MuSc(Detector):
         return self.backbone.startswith("timm:")
 
     @property
-    def transform(self) -> ImageTransform:
+    def input_size(self) -> int:
+        return int(self.image_size)
+
+    @property
+    def paper_transform(self) -> ImageTransform:
         """Squash to S×S: CLIP bicubic with OpenAI mean/std; DINO bilinear with ImageNet mean/std (spec §2.2)."""
         size = (self.image_size, self.image_size)
         if self.is_timm:

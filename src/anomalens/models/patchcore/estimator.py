@@ -12,9 +12,9 @@ import torch
 
 from ...backbones import create_cnn
 from ...errors import DataError
-from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ImageTransform, iter_batches, resize_map
+from ...data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ImageTransform, resize_map
 from ...detector import Detector
-from ...ops.coreset import coreset_size, greedy_select, random_projection
+from ...ops.coreset import chunked_select, coreset_size, random_projection
 from ...ops.knn import ApproximateIndex, knn
 from ...ops.row_store import RowStore
 from ...ops.smoothing import gaussian_blur
@@ -23,6 +23,14 @@ from ...registry import register_model
 from .torch_model import PatchFeatures, reweighted_score
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: aggregation="auto" per backbone, from real-data runs (benchmarks/geometry.py): EfficientNet-Lite0's 152 channels
+#: (blocks.2 + blocks.4) pooled up to 1024 dims lose pixel AUROC against anomalib's concatenation (152 dims, 6.7x less
+#: bank memory and kNN time); the paper's WRN-50-2 and every unmeasured backbone keep the official pooling
+BACKBONE_AGGREGATION = {"tf_efficientnet_lite0": "anomalib"}
+#: coreset_chunk="auto" under aspect / tiles: rows per greedy selection (each chunk costs O(ratio · rows²))
+COARSE_CHUNK_ROWS = 50_000
+#: max_bank_rows="auto" under aspect / tiles: the bank's size limit (predict cost per pixel stays fixed)
+BANK_ROWS_LIMIT = 20_000
 
 
 @register_model(
@@ -34,11 +42,18 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 class PatchCore(Detector):
     """PatchCore with the official code's defaults (spec §2.9).
 
-    Settings: backbone/layers/weights (WRN-50-2 layer2+3, torchvision IMAGENET1K_V1); geometry: "paper" = shorter
-    side `resize` (256) → centre crop `crop` (224), the spec's; "whole" = the whole image squashed to resize × resize
-    (every pixel scored; `crop` unused); "auto" (default) = "paper" when fitted on an MVTec AD / VisA dataset, else
-    "whole" — the resolved value is `geometry_`, saved with the model;
-    patch_size p = 3; pretrain_dim 1024 → target_dim d = 1024; coreset_ratio (0.1) with projection_dim d* = 128
+    Settings: backbone/layers/weights (WRN-50-2 layer2+3, torchvision IMAGENET1K_V1); geometry (the shared layer,
+    `anomalens.data.geometry`): "paper" = shorter side `resize` (256) → centre crop `crop` (224), the spec's; "whole" =
+    the whole image squashed to resize × resize (or to a given [H, W]); "aspect" = shorter side `resize`, aspect kept,
+    no crop; "tiles" = the image at `scale` × native size in `tile`-px tiles (default `resize`) overlapping by `overlap`
+    px (default a quarter tile), image score = the largest patch score of any tile; "auto" (default) = "paper" on
+    MVTec AD / VisA, else aspect or tiles by the images' size — the resolved value is `geometry_`, saved with the model;
+    coreset_chunk: "auto" = exact greedy coreset under paper/whole, and per chunk of `COARSE_CHUNK_ROWS` rows under
+    aspect/tiles (cost linear in the pixels instead of quadratic), an integer = rows per chunk, None = exact;
+    max_bank_rows: "auto" = no limit under paper/whole, `BANK_ROWS_LIMIT` under aspect/tiles (so predict costs the
+    same per pixel however many pixels were fitted), an integer, or None = ⌊coreset_ratio · N⌋ always;
+    patch_size p = 3; pretrain_dim 1024 → target_dim d = 1024 (aggregation "official"; "anomalib" = anomalib's plain
+    3×3 mean and concatenation; "auto" = official, except backbones measured otherwise, `BACKBONE_AGGREGATION`); coreset_ratio (0.1) with projection_dim d* = 128
     and coreset_start 'mean10'; exact kNN ('faiss' or 'torch'), num_neighbors k = 1; distance 'l2' or
     'squared_l2'; image_score 'max' or 'reweighted' (Eq. 7, b = reweight_b); sigma = 4 map smoothing;
     bank_dtype 'float32' or 'float16'; knn 'ivfpq' for approximate search on huge banks.
@@ -64,17 +79,22 @@ class PatchCore(Detector):
         backbone: Union[str, Sequence[str]] = "wide_resnet50_2",
         layers: Optional[Sequence] = None,
         weights: Optional[str] = "imagenet",
-        geometry: Literal["auto", "paper", "whole"] = "auto",
+        geometry: Literal["auto", "paper", "whole", "aspect", "tiles"] = "auto",
         resize: Union[int, Sequence[int], None] = 256,
         crop: Optional[int] = 224,
+        tile: Optional[int] = None,
+        overlap: Optional[int] = None,
+        scale: float = 1.0,
         patch_size: int = 3,
         pretrain_dim: int = 1024,
         target_dim: int = 1024,
-        aggregation: str = "official",
+        aggregation: str = "auto",
         coreset_ratio: float = 0.1,
         projection_dim: int = 128,
         coreset_start: str = "mean10",
         coreset_prune: bool = False,
+        coreset_chunk: Union[int, str, None] = "auto",
+        max_bank_rows: Union[int, str, None] = "auto",
         seed: int = 0,
         knn: str = "faiss",
         num_neighbors: int = 1,
@@ -94,6 +114,9 @@ class PatchCore(Detector):
         self.geometry = geometry
         self.resize = resize
         self.crop = crop
+        self.tile = tile
+        self.overlap = overlap
+        self.scale = scale
         self.patch_size = patch_size
         self.pretrain_dim = pretrain_dim
         self.target_dim = target_dim
@@ -102,6 +125,8 @@ class PatchCore(Detector):
         self.projection_dim = projection_dim
         self.coreset_start = coreset_start
         self.coreset_prune = coreset_prune
+        self.coreset_chunk = coreset_chunk
+        self.max_bank_rows = max_bank_rows
         self.seed = seed
         self.knn = knn
         self.num_neighbors = num_neighbors
@@ -117,22 +142,35 @@ class PatchCore(Detector):
 
     # ------------------------------------------------------------------ parts
     @property
-    def resolved_geometry(self) -> str:
-        """"paper" or "whole": the fitted model's `geometry_`, else `geometry` with "auto" read as "whole"."""
-        g = getattr(self, "geometry_", None) or self.geometry
-        return "whole" if g == "auto" else g
+    def paper_transform(self) -> ImageTransform:
+        """Shorter side `resize` → centre crop `crop`, bilinear, ImageNet mean/std (spec §2.2)."""
+        return ImageTransform(self.resize, self.crop, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
 
     @property
-    def transform(self) -> ImageTransform:
-        if self.resolved_geometry == "paper":
-            return ImageTransform(self.resize, self.crop, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
-        size = self.resize if self.resize is None or isinstance(self.resize, (list, tuple)) else (self.resize, self.resize)
-        return ImageTransform(size, None, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+    def geometry_size(self):
+        """S = `resize` (a CNN takes any input size, so there is no fixed input side)."""
+        if self.resize is None:
+            return 256
+        return tuple(self.resize) if isinstance(self.resize, (list, tuple)) else int(self.resize)
 
-    def _resolve_for(self, dataset: ImageDataset) -> None:
-        """geometry="auto": the paper's crop on the benchmarks it was made for, every pixel on anything else."""
-        auto = "paper" if dataset.name in ("mvtec", "visa") else "whole"
-        self.geometry_ = auto if self.geometry == "auto" else self.geometry
+    def aggregation_for(self, backbone: str) -> str:
+        """The aggregation of one member: the setting, or with "auto" the measured default of its backbone
+        (`BACKBONE_AGGREGATION`; the paper's "official" for every backbone not measured, WRN-50-2 included)."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return BACKBONE_AGGREGATION.get(backbone, "official")
+
+    def _coreset_chunk(self) -> Optional[int]:
+        """Rows per greedy-coreset chunk: None = one exact selection over every row."""
+        if self.coreset_chunk == "auto":
+            return COARSE_CHUNK_ROWS if self.resolved_geometry in ("aspect", "tiles") else None
+        return None if self.coreset_chunk is None else int(self.coreset_chunk)
+
+    def _bank_limit(self) -> Optional[int]:
+        """The most rows a member's bank keeps: None = ⌊coreset_ratio · N⌋ whatever N."""
+        if self.max_bank_rows == "auto":
+            return BANK_ROWS_LIMIT if self.resolved_geometry in ("aspect", "tiles") else None
+        return None if self.max_bank_rows is None else int(self.max_bank_rows)
 
     def _validate(self) -> None:
         if self.distance not in ("l2", "squared_l2"):
@@ -143,9 +181,16 @@ class PatchCore(Detector):
             raise ValueError(f"image_score must be 'max' or 'reweighted', got {self.image_score!r}")
         if self.knn not in ("faiss", "torch", "ivfpq"):
             raise ValueError(f"knn must be 'faiss', 'torch' or 'ivfpq', got {self.knn!r}")
+        for name in ("coreset_chunk", "max_bank_rows"):
+            v = getattr(self, name)
+            if not (v in ("auto", None) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1000)):
+                raise ValueError(f"{name} must be 'auto', None or a number of rows >= 1000, got {v!r}")
         if self.bank_dtype not in _DTYPES:
             raise ValueError(f"bank_dtype must be one of {sorted(_DTYPES)}, got {self.bank_dtype!r}")
         coreset_size(1, self.coreset_ratio)  # validates the ratio
+        if not isinstance(self.backbone, str) and self.resolved_geometry == "tiles":
+            raise ValueError("a PatchCore ensemble normalises each member over whole images; use geometry 'paper', "
+                             "'whole' or 'aspect' (or one backbone with tiles)")
 
     def members(self) -> list[tuple[str, Optional[list[str]]]]:
         """(backbone, layers) of every ensemble member (one for a single backbone)."""
@@ -167,7 +212,8 @@ class PatchCore(Detector):
                 with torch.no_grad():
                     probe = extractor(torch.zeros(1, 3, 64, 64, device=self.device_))
                 channels = [v.shape[1] for v in probe.values()]
-                models.append(PatchFeatures(extractor, channels, self.patch_size, self.pretrain_dim, self.target_dim, self.aggregation))
+                models.append(PatchFeatures(extractor, channels, self.patch_size, self.pretrain_dim, self.target_dim,
+                                            self.aggregation_for(name)))
             self._feature_model_list = models
         return models
 
@@ -198,7 +244,7 @@ class PatchCore(Detector):
         try:
             streams = [_BankStream(work / f"features{i}.bin", self) for i in range(n_members)]
             size = None
-            for images, _, _ in iter_batches(dataset, self.transform, self.batch_size, description="patchcore: features"):
+            for images in self._input_batches(dataset, "patchcore: features"):
                 size = tuple(images.shape[-2:])
                 for i, stream in enumerate(streams):
                     stream.add(self.embed(images, i), len(dataset))
@@ -367,7 +413,7 @@ class PatchCore(Detector):
 
     def _state_extra(self) -> dict:
         return {"feature_shape": list(self.feature_shape_), "n_members": len(self.memory_banks_),
-                "member_stats": self.member_stats_, "geometry": self.resolved_geometry,
+                "member_stats": self.member_stats_,
                 "fit_stats": getattr(self, "fit_stats_", None)}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], extra: dict) -> None:
@@ -376,7 +422,6 @@ class PatchCore(Detector):
         self.coreset_indices_list_ = [tensors[f"coreset_indices.{i}"] for i in range(n)]
         self.feature_shape_ = tuple(extra.get("feature_shape", ()))
         self.member_stats_ = extra.get("member_stats")
-        self.geometry_ = extra.get("geometry", "paper")  # models saved before `geometry` existed used the paper's crop
         self.fit_stats_ = extra.get("fit_stats")
         self._index = None
 
@@ -422,8 +467,8 @@ class _BankStream:
         if m.coreset_ratio >= 1.0:
             idx = torch.arange(n_rows)
         else:
-            idx = greedy_select(self.projected[:n_rows].to(m.device_), coreset_size(n_rows, m.coreset_ratio), seed=m.seed,
-                                start=m.coreset_start, prune=m.coreset_prune).cpu()
+            idx = chunked_select(self.projected[:n_rows], m.coreset_ratio, m._coreset_chunk(), m.device_, seed=m.seed,
+                                 start=m.coreset_start, prune=m.coreset_prune, limit=m._bank_limit()).cpu()
         self.projected = None
         bank = torch.from_numpy(self.store.gather(idx.numpy()))
         return bank, idx

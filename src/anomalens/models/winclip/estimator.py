@@ -1,7 +1,7 @@
 """The WinCLIP / WinCLIP+ estimator (spec §3.12): language-guided window scores, plus K-normal-shot visual memories."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ...backbones import create_clip, encode_text_truncated
 from ...data import CLIP_MEAN, CLIP_STD, ImageDataset, ImageTransform
+from ...data.geometry import Tiler
 from ...detector import Detector
 from ...registry import register_model
 from .prompts import build_prompts
@@ -18,7 +19,6 @@ from .torch_model import (
     encode_sequences,
     harmonic_aggregate,
     min_cosine_distance,
-    tile_offsets,
     window_embeddings,
     window_indices,
 )
@@ -35,7 +35,10 @@ class WinCLIP(Detector):
     open_clip ViT-B-16-plus-240 / laion400m_e31 at 240 px, window scales (2, 3) with stride 1, τ = 0.07, the paper's
     22 templates, prompts L2-normalised before averaging. Images are resized so the shorter side is 240 (bicubic);
     a non-square image is cut into square tiles (stride ≤ 0.8 of the side), each tile runs the full method, and
-    scores and overlapping maps are averaged (paper supp. A)."""
+    scores and overlapping maps are averaged (paper supp. A). That is geometry="paper" (and "aspect"); "whole" squashes
+    to image_size²; "tiles" scores `tile`-px tiles of the native image (× `scale`) resized to image_size, maps blended,
+    image score the largest tile score; "auto" = paper on MVTec AD / VisA and on images up to 1.5 × image_size, tiles
+    above (`anomalens.data.geometry`)."""
 
     zero_shot = True
 
@@ -51,6 +54,10 @@ class WinCLIP(Detector):
         templates: str = "paper22",
         extra_states: Sequence[str] = (),
         normalize_prompts_before_mean: bool = True,
+        geometry: Literal["auto", "paper", "whole", "aspect", "tiles"] = "auto",
+        tile: Optional[int] = None,
+        overlap: Optional[int] = None,
+        scale: float = 1.0,
         batch_size: int = 4,
         seed: int = 0,
         device: str = "auto",
@@ -65,26 +72,27 @@ class WinCLIP(Detector):
         self.templates = templates
         self.extra_states = extra_states
         self.normalize_prompts_before_mean = normalize_prompts_before_mean
+        self.geometry = geometry
+        self.tile = tile
+        self.overlap = overlap
+        self.scale = scale
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
 
     @property
-    def transform(self) -> ImageTransform:
+    def paper_transform(self) -> ImageTransform:
+        """Shorter side → `image_size`, bicubic, OpenAI CLIP mean/std (no crop: the paper tiles instead)."""
         return ImageTransform(int(self.image_size), None, CLIP_MEAN, CLIP_STD, "bicubic")
 
-    def tiles(self, images: torch.Tensor) -> list[tuple[int, int]]:
-        """(top, left) of the square tiles covering (B, 3, H, W) images."""
-        H, W = images.shape[-2:]
-        S = min(H, W)
-        return [(t, l) for t in tile_offsets(H, S) for l in tile_offsets(W, S)]
+    @property
+    def paper_tiler(self) -> Tiler:
+        """Square tiles of the shorter side, stride ⌊0.8 side⌋, maps averaged where they overlap, scores averaged."""
+        return Tiler(None, None, 0.8, int(self.image_size), "bicubic", "uniform", "mean")
 
-    def _square(self, images: torch.Tensor, top: int, left: int) -> torch.Tensor:
-        S = min(images.shape[-2:])
-        tile = images[..., top : top + S, left : left + S]
-        if S != self.image_size:
-            tile = F.interpolate(tile, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        return tile
+    @property
+    def input_size(self) -> int:
+        return int(self.image_size)
 
     def setup(self) -> "WinCLIP":
         self._model()
@@ -134,8 +142,7 @@ class WinCLIP(Detector):
         if dataset is None:
             raise ValueError(f"WinCLIP+ with k_shot={self.k_shot} needs normal reference images: fit(images)")
         refs = dataset.sample(self.k_shot, self.seed) if len(dataset) > self.k_shot else dataset
-        feats = [self.features(self._square(images, t, l))
-                 for images, _, _ in self._batches(refs, "winclip: references") for t, l in self.tiles(images)]
+        feats = [self.features(views) for views in self._input_batches(refs, "winclip: references")]
         memory = {"patches": F.normalize(torch.cat([f["patches"] for f in feats]).flatten(0, 1), dim=-1)}
         for k in self.scales:
             memory[f"windows{k}"] = F.normalize(torch.cat([f["windows"][k] for f in feats]).flatten(0, 1), dim=-1)
@@ -143,20 +150,9 @@ class WinCLIP(Detector):
         self.reference_paths_ = list(refs.paths)
 
     def _predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        H, W = images.shape[-2:]
-        S = min(H, W)
-        score = torch.zeros(images.shape[0], dtype=torch.float64)
-        amap = torch.zeros(images.shape[0], H, W)
-        count = torch.zeros(H, W)
-        tiles = self.tiles(images)
-        for t, l in tiles:
-            s, m = self._score_square(self._square(images, t, l))
-            if m.shape[-1] != S:
-                m = F.interpolate(m[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
-            score += s.double().cpu()
-            amap[:, t : t + S, l : l + S] += m.cpu()
-            count[t : t + S, l : l + S] += 1
-        return (score / len(tiles)).numpy(), (amap / count).numpy()
+        """Scores (B,) and maps (B, S, S) of square views at the model's input size (the geometry layer tiles frames)."""
+        s, m = self._score_square(images)
+        return s.double().cpu().numpy(), m.float().cpu().numpy()
 
     def _score_square(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (B,) and maps (B, S, S) of square images at the model's size."""
