@@ -282,8 +282,11 @@ def test_print_prediction_is_a_summary_and_calibrate_prints_nothing(synthetic_ro
 
 
 @pytest.mark.parametrize("name,settings", [
-    ("patchcore", dict(backbone="resnet18", weights=None, resize=64, coreset_ratio=0.5)),  # default geometry: whole image
-    ("patchcore", dict(backbone="resnet18", weights=None, resize=64, geometry="paper", crop=None)),  # aspect kept: sizes differ
+    ("patchcore", dict(backbone="resnet18", weights=None, resize=64, coreset_ratio=0.5)),  # default (auto): aspect kept
+    ("patchcore", dict(backbone="resnet18", weights=None, resize=64, geometry="whole")),  # squashed: one size
+    ("patchcore", dict(backbone="resnet18", weights=None, resize=32, geometry="tiles", tile=40, overlap=8)),  # native tiles
+    ("winclip", dict(backbone="ViT-S-16", weights=None, image_size=64, geometry="tiles", tile=40, k_shot=1)),
+    ("clipad", dict(backbone="ViT-S-16", weights=None, image_size=64, geometry="aspect")),
     ("musc", dict(backbone="ViT-S-16", weights=None, image_size=96)),
 ])
 def test_every_model_fits_and_scores_a_folder_of_mixed_sizes(tmp_path, name, settings):

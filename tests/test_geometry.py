@@ -166,3 +166,81 @@ def test_chunked_coreset_is_exact_per_chunk_and_covers_like_the_exact_one():
     assert radius(chunked) <= 1.5 * radius(exact), (radius(chunked), radius(exact))
     limited = chunked_select(x, 0.1, 2000, seed=3, limit=150)
     assert len(limited) == 150 and len(set(limited.tolist())) == 150
+
+
+def _texture_files(folder, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        p = folder / f"{i}.png"
+        Image.fromarray(_texture(rng, h, w)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiled_model(tmp_path_factory):
+    """A random-init PatchCore in tiles geometry (64-px tiles, 16-px overlap) fitted on 3 images of 100 × 150."""
+    from conftest import tiny_patchcore
+
+    root = tmp_path_factory.mktemp("tiles")
+    fit = _texture_files(root / "good", [(100, 150)] * 3)
+    test = _texture_files(root / "test", [(100, 150)] * 3, seed=1)
+    model = tiny_patchcore(geometry="tiles", tile=64, overlap=16, resize=64, crop=None, coreset_ratio=0.2).fit(fit)
+    return model, test, root
+
+
+def test_tiled_prediction_survives_save_and_load_and_streams_the_same(tiled_model, tmp_path):
+    """The resolved geometry travels with the model: a loaded model, the streaming runner (the route of `anomalens
+    predict`, serve and Ray) and predict() give the same scores, maps at the original size."""
+    from anomalens.deploy.stream import predict_stream
+
+    model, test, _ = tiled_model
+    ref = model.predict(test)
+    assert ref.anomaly_maps.shape == (3, 100, 150) and ref.map_at_original_size(0).shape == (100, 150)
+    model.save(tmp_path / "m")
+    loaded = anomalens.load(tmp_path / "m")
+    assert loaded.geometry_ == "tiles" and loaded.frame.tiler == model.frame.tiler
+    np.testing.assert_allclose(loaded.predict(test).image_scores, ref.image_scores, rtol=1e-6)
+    import csv
+
+    predict_stream(loaded, test, tmp_path / "out")
+    rows = {r["path"]: float(r["score"]) for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv", newline=""))}
+    np.testing.assert_allclose([rows[p] for p in test], ref.image_scores, rtol=1e-6)
+
+
+def test_tiled_image_score_is_the_largest_patch_score_of_any_tile(tiled_model):
+    """PatchCore's rule over tiles: the image score is the max over tiles of each tile's own max patch score."""
+    model, test, _ = tiled_model
+    ds = anomalens.data.as_dataset(test[:1], model.transform)
+    frame = ds[0].image[None]
+    tiler = model.frame.tiler
+    per_tile = [model._predict_batch(tiler.views(frame, [b]))[0][0] for b in tiler.boxes(*frame.shape[-2:])]
+    assert len(per_tile) == 6  # 100 × 150 in 64-px tiles at stride 48: 2 rows × 3 columns
+    assert model.predict(test[:1]).image_scores[0] == pytest.approx(max(per_tile), rel=1e-6)
+
+
+def test_tiled_model_exports_with_its_geometry(tiled_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from anomalens.deploy.export import OnnxModel, export_onnx
+
+    model, test, _ = tiled_model
+    export_onnx(model, tmp_path / "m.onnx", (100, 150))
+    x = torch.stack([s.image for s in anomalens.data.as_dataset(test, model.transform)])
+    s, m = OnnxModel(tmp_path / "m.onnx").run(x)
+    ref = model.predict(test)
+    np.testing.assert_allclose(s, ref.image_scores, rtol=1e-4)
+    np.testing.assert_allclose(m, ref.anomaly_maps, rtol=0, atol=1e-4 * np.abs(ref.anomaly_maps).max())
+
+
+def test_aspect_geometry_keeps_the_aspect_and_batches_equal_sizes(tmp_path):
+    from conftest import tiny_patchcore
+
+    fit = _texture_files(tmp_path / "good", [(60, 150)] * 3)
+    model = tiny_patchcore(geometry="aspect", resize=48, crop=None).fit(fit)
+    assert model.transform.resize == 48 and model.transform.crop is None
+    pred = model.predict(_texture_files(tmp_path / "test", [(60, 150), (90, 90), (60, 150)], seed=2))
+    assert pred.map_at_original_size(1).shape == (90, 90) and pred.map_at_original_size(0).shape == (60, 150)
+    alone = model.predict([pred.paths[1]])
+    assert alone.image_scores[0] == pytest.approx(pred.image_scores[1], rel=1e-6)

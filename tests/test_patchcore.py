@@ -252,7 +252,9 @@ def test_paper_geometry_stays_exact_for_benchmarks_and_maps_undo_it(synthetic_ro
     assert model.geometry_ == "paper" and model.transform.resize == 72 and model.transform.crop == 64  # the spec's recipe
     spec = anomalens.create("patchcore")
     assert (spec.resize, spec.crop, spec.geometry) == (256, 224, "auto")
-    whole = tiny_patchcore(geometry="auto").fit(torch.rand(3, 3, 40, 100))
+    aspect = tiny_patchcore(geometry="auto").fit(torch.rand(3, 3, 40, 100))  # small images of a user: aspect kept
+    assert aspect.geometry_ == "aspect" and aspect.transform.resize == 72 and aspect.transform.crop is None
+    whole = tiny_patchcore(geometry="whole").fit(torch.rand(3, 3, 40, 100))
     assert whole.geometry_ == "whole" and whole.transform.resize == (72, 72) and whole.transform.crop is None
     # paper geometry on a 100 x 40 image: the map covers the crop's preimage, NaN elsewhere
     pred = model.predict(torch.rand(1, 3, 40, 100))
