@@ -298,16 +298,20 @@ def test_vit_s14_matches_official_port_on_mvtec(tmp_path):
     report = {}
     for masking in (False, True):
         det.masking = masking
-        threshold = det.mask_threshold
+        # random weights: the official threshold 10 leaves the good image with no foreground at all (score 0 on both
+        # sides, a vacuous comparison); 5 keeps 18-27 % of each image's patches
+        det.mask_threshold = threshold = 5.0
         pred = det.predict([str(p) for p in query_paths])
-        _, mask = det.patch_distances(_tensor(np.stack(queries)))
+        mask = det.patch_distances(_tensor(np.stack(queries)))[1] if masking else None
         rel, pearson = [], []
         for i, (q, (f, grid)) in enumerate(zip(queries, feats)):
             score, amap, _, ref_mask = ref.score_test_image(bank, f, grid, q.shape[:2], masking=masking, threshold=threshold)
+            assert score > 0
             rel.append(abs(pred.image_scores[i] - score) / abs(score))
             pearson.append(_pearson(pred.anomaly_maps[i], amap))
             if masking:
                 assert np.mean(mask[i].numpy() != ref_mask) < 0.01
+                assert 0.05 < ref_mask.mean() < 0.95
         report[masking] = (max(rel), min(pearson))
         assert max(rel) < 1e-4, report
         assert min(pearson) > 0.999, report
