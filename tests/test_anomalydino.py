@@ -425,3 +425,37 @@ def test_official_tables():
     assert official_rotation("mvtec", "screw", "informed") and not official_rotation("visa", "candle", "informed")
     assert sorted(c for c, m in ref.MASKING_DEFAULT_MVTEC.items() if m) == sorted(
         c for c in ref.MASKING_DEFAULT_MVTEC if official_masking("mvtec", c))
+
+
+# ------------------------------------------------------------------------------ the benchmark preset
+def test_benchmark_presets_follow_the_official_tables():
+    from anomalens.benchmark import plan_jobs
+
+    jobs = plan_jobs("mvtec", ["anomalydino"], ["screw", "bottle"], device="cpu")
+    assert sorted({j.shots for j in jobs}) == [1, 2, 4, 8, 16]
+    by_cat = {j.category: j.settings for j in jobs}
+    assert by_cat["screw"]["masking"] and not by_cat["bottle"]["masking"]
+    assert by_cat["screw"]["rotation"] and by_cat["bottle"]["rotation"]
+    informed = {j.category: j.settings for j in plan_jobs("mvtec", ["anomalydino-informed"], ["screw", "bottle"], shots=[1])}
+    assert informed["screw"]["rotation"] and not informed["bottle"]["rotation"]
+    visa = plan_jobs("visa", ["anomalydino"], ["candle"], shots=[1])[0].settings
+    assert visa["masking"] and visa["rotation"]
+    from anomalens.benchmark.paper import lookup
+
+    assert lookup("anomalydino", "agnostic-1shot", "mvtec", "mean", "image_auroc") == pytest.approx(0.966)
+
+
+def test_benchmark_draws_sorted_blocks_of_train_files(synthetic_root, tmp_path):
+    """Seed s with k shots fits on sorted(os.listdir(train/good))[s·k:(s+1)·k] (detection.py:72), not a random draw."""
+    import json
+    import os
+
+    from anomalens.benchmark import run_benchmark
+
+    run_benchmark("mvtec", synthetic_root, ["anomalydino"], tmp_path / "r", ["weave"], shots=[2], seeds=[0, 1],
+                  overrides={"weights": None, "resolution": 28, "batch_size": 16}, device="cpu")
+    names = sorted(os.listdir(synthetic_root / "weave" / "train" / "good"))
+    for s in (0, 1):
+        rec = json.loads((tmp_path / "r" / "results" / f"anomalydino-2shot-seed{s}" / "weave.json").read_text())
+        assert [os.path.basename(p) for p in rec["shot_paths"]] == names[2 * s : 2 * s + 2]
+        assert rec["paper_setting"] == "agnostic-2shot" and rec["fit_images"] == 2
