@@ -102,7 +102,8 @@ def prepare_image(img: np.ndarray, smaller_edge_size: int):
 def extract_features(sd: dict, image_tensor: torch.Tensor, num_heads: int) -> np.ndarray:
     """backbones.py:126-134: one image per forward, tokens to numpy."""
     with torch.inference_mode():
-        return hub_last_layer_patch_tokens(sd, image_tensor.unsqueeze(0), num_heads).cpu().numpy()
+        x = image_tensor.unsqueeze(0).to(sd["cls_token"].device)
+        return hub_last_layer_patch_tokens(sd, x, num_heads).cpu().numpy()
 
 
 def rotate_image(image: np.ndarray, angle: float) -> np.ndarray:
@@ -211,15 +212,23 @@ def test_features(sd, image, resolution=448, num_heads=6):
     return extract_features(sd, t, num_heads), grid
 
 
-def score_test_image(bank_rows: np.ndarray, features: np.ndarray, grid, image_shape, masking=False, threshold=10,
-                     random_state=0):
-    """detection.py:150-189: (score, map at the image size, distance grid)."""
+def build_index(bank_rows: np.ndarray):
+    """detection.py:104-118: faiss IndexFlatL2 over the L2-normalised bank (built once per category)."""
     import faiss
 
     bank = bank_rows.copy()
     index = faiss.IndexFlatL2(bank.shape[1])
     faiss.normalize_L2(bank)
     index.add(bank)
+    return index
+
+
+def score_test_image(bank_rows, features: np.ndarray, grid, image_shape, masking=False, threshold=10, random_state=0):
+    """detection.py:150-189: (score, map at the image size, distance grid, mask); `bank_rows` = the raw bank rows or
+    an index from `build_index`."""
+    import faiss
+
+    index = build_index(bank_rows) if isinstance(bank_rows, np.ndarray) else bank_rows
     if masking:
         mask2 = compute_background_mask(features, grid, threshold=threshold, masking_type=masking, random_state=random_state)
     else:
