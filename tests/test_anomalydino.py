@@ -459,3 +459,36 @@ def test_benchmark_draws_sorted_blocks_of_train_files(synthetic_root, tmp_path):
         rec = json.loads((tmp_path / "r" / "results" / f"anomalydino-2shot-seed{s}" / "weave.json").read_text())
         assert [os.path.basename(p) for p in rec["shot_paths"]] == names[2 * s : 2 * s + 2]
         assert rec["paper_setting"] == "agnostic-2shot" and rec["fit_images"] == 2
+
+
+# ------------------------------------------------------------------------------ ONNX export
+@pytest.mark.parametrize("size,out", [((90, 130), (112, 161)), ((256, 256), (448, 448)), ((700, 1024), (448, 655)),
+                                      ((60, 40), (42, 28))])
+def test_pillow_resize_as_two_fixed_point_passes_is_exact(size, out):
+    """The export graph's resize (Pillow's coefficients, floor(M x + 0.5) and a uint8 clip per pass) equals Pillow."""
+    from anomalens.models.anomalydino.graph import pillow_bicubic_matrix
+
+    img = _rgb(1, *size, seed=size[0])[0]
+    img[::7, ::5] = 255  # hard edges: bicubic overshoot must be clipped as Pillow does
+    img[3::11, 2::9] = 0
+    expect = np.asarray(Image.fromarray(img).resize((out[1], out[0]), Image.BICUBIC)).astype(np.float64)
+    x = img.astype(np.float64).transpose(2, 0, 1)
+    x = np.clip(np.floor(x @ pillow_bicubic_matrix(size[1], out[1]).T + 0.5), 0, 255)
+    x = np.clip(np.floor(pillow_bicubic_matrix(size[0], out[0]) @ x + 0.5), 0, 255)
+    assert np.array_equal(x.transpose(1, 2, 0), expect)
+
+
+def test_onnx_export_matches_predict(small_sd, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from anomalens.deploy.export import ExportError, OnnxModel, export_onnx
+
+    refs, queries = _rgb(2, 90, 130, seed=21), _rgb(3, 90, 130, seed=22)
+    det = small_model(small_sd).fit(_tensor(refs))
+    path = export_onnx(det, tmp_path / "m.onnx", input_size_hw=(90, 130))
+    pred = det.predict(_tensor(queries))
+    s, m = OnnxModel(path).run(_tensor(queries))
+    assert np.abs(s - pred.image_scores).max() <= 1e-4 * np.abs(pred.image_scores).max()
+    assert np.abs(m - pred.anomaly_maps).max() <= 1e-4 * np.abs(pred.anomaly_maps).max()
+    det.masking = True
+    with pytest.raises(ExportError, match="masking"):
+        export_onnx(det, tmp_path / "masked.onnx", input_size_hw=(90, 130))

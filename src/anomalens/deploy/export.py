@@ -244,7 +244,14 @@ class CLIPADGraph(nn.Module):
         return abnormal_probability(out.image_embed, self.text) + amap.flatten(1).amax(1), amap
 
 
-GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph, "clipad": CLIPADGraph}
+def _anomalydino_graph(model: Detector, size: tuple[int, int]) -> nn.Module:
+    """AnomalyDINO: its graph lives with the model (the official preprocessing, the ViT, the bank as an initializer)."""
+    from ..models.anomalydino.graph import AnomalyDINOGraph
+
+    return AnomalyDINOGraph(model, size)
+
+
+GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph, "clipad": CLIPADGraph, "anomalydino": _anomalydino_graph}
 
 
 # ---------------------------------------------------------------------------------------------- export
