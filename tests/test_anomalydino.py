@@ -489,6 +489,23 @@ def test_onnx_export_matches_predict(small_sd, tmp_path):
     s, m = OnnxModel(path).run(_tensor(queries))
     assert np.abs(s - pred.image_scores).max() <= 1e-4 * np.abs(pred.image_scores).max()
     assert np.abs(m - pred.anomaly_maps).max() <= 1e-4 * np.abs(pred.anomaly_maps).max()
-    det.masking = True
-    with pytest.raises(ExportError, match="masking"):
-        export_onnx(det, tmp_path / "masked.onnx", input_size_hw=(90, 130))
+    det.masking, det.mask_threshold = True, 2.0  # a threshold that leaves part of each image masked (random weights)
+    masked = export_onnx(det, tmp_path / "masked.onnx", input_size_hw=(90, 130))
+    pred = det.predict(_tensor(queries))
+    _, mask = det.patch_distances(_tensor(queries))
+    assert 0 < int(mask.sum()) < mask.numel()
+    s, m = OnnxModel(masked).run(_tensor(queries))
+    assert np.abs(s - pred.image_scores).max() <= 1e-4 * np.abs(pred.image_scores).max()
+    assert np.abs(m - pred.anomaly_maps).max() <= 1e-4 * np.abs(pred.anomaly_maps).max()
+    det.mask_morphology = "3d"
+    with pytest.raises(ExportError, match="3d"):
+        export_onnx(det, tmp_path / "bad.onnx", input_size_hw=(90, 130))
+
+
+def test_pca_by_squaring_equals_eigh():
+    from anomalens.models.anomalydino.graph import first_component_by_squaring
+    from anomalens.models.anomalydino.torch_model import first_component
+
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(3, 200, 32, generator=g) * torch.linspace(0.5, 2.0, 32)
+    assert torch.allclose(first_component_by_squaring(feats), first_component(feats), atol=1e-8)

@@ -5,7 +5,9 @@ preprocessing is part of the graph: uint8 rounding, Pillow's bicubic resize writ
 (float64 matrices of Pillow's 22-bit coefficients, rounding and clipping to uint8 after each pass: the same integers
 as Pillow), ImageNet normalisation, bottom/right crop; then the ViT with the hub positional table of that size as a
 constant, exact 1-NN cosine distance against the memory bank (an initializer), the top-1 % mean, the bilinear map at
-(H, W) and Gaussian σ. The zero-shot mask needs an eigen-decomposition ONNX does not have: masking=True is refused.
+(H, W) and Gaussian σ. The zero-shot mask's PCA needs the top eigenvector, which ONNX has no operator for: the graph
+gets it by repeated squaring of the covariance (C ← C²/max|C|, 12 times = C^4096, in float64), which converges to
+v₁v₁ᵀ whenever λ₂/λ₁ < 0.995 or so; its largest column, normalised, is ±v₁, then scikit-learn's sign rule.
 """
 from __future__ import annotations
 
@@ -61,9 +63,10 @@ class AnomalyDINOGraph(nn.Module):
         super().__init__()
         from ...deploy.export import ExportError
 
-        if model.masking:
-            raise ExportError("anomalydino with masking=True cannot be exported: the zero-shot mask needs a PCA "
-                              "(eigen-decomposition) that ONNX has no operator for; export with masking=False")
+        if model.masking and model.mask_morphology not in ("1d", "2d"):
+            raise ExportError(f"anomalydino: mask_morphology={model.mask_morphology!r} cannot be exported")
+        self.masking, self.morphology = bool(model.masking), model.mask_morphology
+        self.threshold = float(model.mask_threshold)
         H, W = (int(v) for v in size)
         self.size = (H, W)
         f = model.features_model()
@@ -99,10 +102,46 @@ class AnomalyDINOGraph(nn.Module):
         q = feats * torch.rsqrt((feats * feats).sum(-1, keepdim=True))
         sq = ((q * q).sum(-1, keepdim=True) + self.bank_sqnorm - 2.0 * torch.matmul(q, self.bank.t())).clamp(min=0.0)
         d = sq.min(-1).values / 2.0  # (N, h·w): 1 − cos to the nearest bank row
+        if self.masking:
+            d = torch.where(self._mask(feats), d, torch.zeros_like(d))
         score = torch.topk(d, self.k, dim=1).values.mean(1)
         grid = d.reshape(-1, 1, self.grid[0], self.grid[1])
         amap = F.interpolate(grid, size=self.size, mode="bilinear", align_corners=False)[:, 0]
         return score, gaussian_blur(amap, self.sigma)
+
+    def _mask(self, feats: torch.Tensor) -> torch.Tensor:
+        """`torch_model.background_mask` with the PCA by squaring (same rule, threshold, centre test, morphology)."""
+        from .torch_model import _dilate1d, _dilate2d, _erode1d, _erode2d
+
+        h, w = self.grid
+        pc = first_component_by_squaring(feats)
+        fg = (pc > self.threshold).float()  # float, not bool: onnxruntime has no boolean Where
+        centre = fg.reshape(-1, h, w)[:, int(h * 0.2) : int(h * (1 - 0.2)), int(w * 0.2) : int(w * (1 - 0.2))]
+        n_centre = centre.shape[1] * centre.shape[2]
+        flip = centre.flatten(1).sum(1, keepdim=True) <= n_centre * 0.35
+        m = torch.where(flip, (-pc > self.threshold).float(), fg)
+        if self.morphology == "1d":
+            m = _erode1d(_dilate1d(_dilate1d(m)))
+        else:
+            m = _erode2d(_dilate2d(_dilate2d(m.reshape(-1, h, w)))).flatten(1)
+        return m > 0.5
+
+
+def first_component_by_squaring(features: torch.Tensor, squarings: int = 12) -> torch.Tensor:
+    """(B, N, D) -> (B, N) first principal component scores, as `torch_model.first_component` but with matrix products
+    only (exportable): C = X_cᵀX_c squared `squarings` times with max-normalisation, its largest column normalised."""
+    x = features.double()
+    xc = x - x.mean(1, keepdim=True)
+    c = torch.matmul(xc.transpose(1, 2), xc)
+    for _ in range(squarings):
+        c = torch.matmul(c, c)
+        c = c / c.abs().amax(dim=(1, 2), keepdim=True)
+    col = (c * c).sum(1).argmax(1)  # (B,)
+    v = torch.gather(c, 2, col.view(-1, 1, 1).expand(-1, c.shape[1], 1))[..., 0]  # (B, D)
+    v = v * torch.rsqrt((v * v).sum(1, keepdim=True))
+    arg = v.abs().argmax(1, keepdim=True)
+    v = v * torch.sign(torch.gather(v, 1, arg))
+    return torch.matmul(xc, v.unsqueeze(-1))[..., 0]
 
 
 def _resized(h: int, w: int, resolution: int) -> tuple[int, int]:
