@@ -25,10 +25,14 @@ ANGLES = [0, 45, 90, 135, 180, 225, 270, 315]  # utils.py:7
 try:  # pragma: no cover - depends on the environment
     import cv2
 
-    ROTATION_SOURCE = "cv2"
+    # the official runs (2024) used OpenCV 4.x; 5.x computes warpAffine with unquantised coordinates (up to 1 grey
+    # level apart on real images), so only OpenCV <= 4.10 (checked bit-exact against the port) stands in for it
+    if tuple(int(v) for v in cv2.__version__.split(".")[:2]) > (4, 10):
+        raise ImportError(f"OpenCV {cv2.__version__} is newer than the official runs' 4.x")
+    ROTATION_SOURCE = f"cv2 {cv2.__version__}"
 except ImportError:  # pragma: no cover
     cv2 = None
-    ROTATION_SOURCE = "anomalens fixed-point port of cv2.warpAffine"
+    ROTATION_SOURCE = "anomalens fixed-point port of cv2.warpAffine (bit-exact against OpenCV 4.10)"
 
 
 # --------------------------------------------------------------------------------------------- hub DINOv2
