@@ -11,6 +11,7 @@ Gaussian smoothing (scipy-equal reflect padding, a constant-index Gather). Ensem
 prototypes T and (WinCLIP+) the k-shot memories as initializers; the tiles of a non-square input are fixed by H, W.
 CLIP-AD: the stock image tower with the V-V surgery path traced beside it (the same hooks as `dual_path_forward`),
 T = [T_n, T_a] and (SDP+) the stage adapters as initializers; image_score = p_abn + map_max (the predict score).
+AnomalyDINO: its graph is in models/anomalydino/graph.py (the official Pillow resize, the ViT, the bank as an initializer).
 
 Exported with torch's TorchScript-based exporter (`dynamo=False`): the hook-based feature taps trace as plain ops.
 """
