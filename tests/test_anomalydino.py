@@ -159,7 +159,7 @@ def test_rotation_zero_is_exact_and_bitwise_cv2_when_available():
     img = _rgb(1, 50, 70, seed=1)[0]
     assert np.array_equal(rotate_image(img, 0), img)
     if ref.cv2 is None:
-        pytest.skip("OpenCV not installed: bit-exactness against cv2.warpAffine not checked here")
+        pytest.skip("OpenCV <= 4.10 not installed: bit-exactness against cv2.warpAffine not checked here")
     for angle in ref.ANGLES:
         assert np.array_equal(rotate_image(img, angle), ref.rotate_image(img, angle)), angle
 
@@ -509,3 +509,15 @@ def test_pca_by_squaring_equals_eigh():
     g = torch.Generator().manual_seed(1)
     feats = torch.randn(3, 200, 32, generator=g) * torch.linspace(0.5, 2.0, 32)
     assert torch.allclose(first_component_by_squaring(feats), first_component(feats), atol=1e-8)
+
+
+def test_backbone_names_and_released_key_layout():
+    from anomalens.models.anomalydino.backbone import hub_state_dict, timm_name
+
+    assert timm_name("dinov2_vitb14") == "vit_base_patch14_dinov2"
+    assert timm_name("vit_large_patch14_dinov2.lvd142m") == "vit_large_patch14_dinov2"
+    sd = hub_state_dict({"mask_token": torch.zeros(1), "blocks.0.mlp.w12.weight": torch.ones(1),
+                         "blocks.0.mlp.w3.bias": torch.ones(1), "norm.weight": torch.ones(1)})
+    assert sorted(sd) == ["blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.bias", "norm.weight"]  # giant's SwiGLU names
+    f = anomalens.create("anomalydino", backbone="dinov2_vitb14", weights=None, device="cpu").features_model()
+    assert f.dim == 768 and f.vit.pos_embed.shape[1] == 1370
