@@ -37,6 +37,8 @@ class MethodPreset:
     description: str = ""
     default_shots: tuple = field(default=(0,))
     min_shots: int = 0  # 1 for methods that cannot run zero-shot (PatchCore's low-shot table)
+    #: draw(train split, shots, seed) -> the k references of fit "shots"; None = `ImageDataset.sample(shots, seed)`
+    draw: Optional[Callable[[Any, int, int], Any]] = None
 
     def __post_init__(self):
         if self.fit not in FIT_MODES:
@@ -100,4 +102,51 @@ register_preset(MethodPreset(
                                                "dataset": dataset},
     paper_setting=lambda settings, shots: str(settings.get("variant", "sdp")),  # image score: the model's evaluation hook
     description="CLIP-AD SDP zero-shot; image score = per-category min-max sum of p_abn and map_max (official metrics)",
+))
+
+
+def sorted_block_draw(train, shots: int, seed: int):
+    """The k references of a deterministic few-shot protocol: the train files sorted by file name, block
+    [seed·k, (seed+1)·k) (AnomalyDINO's `sorted(os.listdir(train/good))[s·k:(s+1)·k]`, detection.py:72)."""
+    import os
+
+    from ..errors import DataError
+
+    order = sorted(range(len(train)), key=lambda i: os.path.basename(train.records[i].path))
+    block = order[seed * shots : (seed + 1) * shots]
+    if len(block) < shots:
+        raise DataError(f"{train.source}: {len(train)} train images hold no block {seed} of {shots} "
+                        f"(images {seed * shots}..{(seed + 1) * shots - 1} of the sorted names); use a lower seed")
+    return train.subset(block)
+
+
+def _anomalydino_settings(preprocess: str):
+    def settings(dataset: str, category: str, shots: int) -> dict:
+        from ..models.anomalydino import official_masking, official_rotation
+
+        return {"masking": official_masking(dataset, category), "rotation": official_rotation(dataset, category, preprocess)}
+
+    return settings
+
+
+register_preset(MethodPreset(
+    "anomalydino", "anomalydino", "shots",
+    settings=_anomalydino_settings("agnostic"),
+    paper_setting=lambda settings, shots: f"agnostic-{shots}shot",
+    description="AnomalyDINO k-shot, the README's `agnostic` preset: every category's references rotated (8 angles), "
+                "test images masked per the official category table; references = the sorted train files "
+                "[seed·k, (seed+1)·k) (run --seeds 0,1,2 as the official evaluation)",
+    default_shots=(1, 2, 4, 8, 16),
+    min_shots=1,
+    draw=sorted_block_draw,
+))
+register_preset(MethodPreset(
+    "anomalydino-informed", "anomalydino", "shots",
+    settings=_anomalydino_settings("informed"),
+    paper_setting=lambda settings, shots: f"informed-{shots}shot",
+    description="AnomalyDINO k-shot, the `informed` preset: rotation for MVTec AD hazelnut and screw only, masking per "
+                "the official table; the same deterministic reference blocks",
+    default_shots=(1, 2, 4, 8, 16),
+    min_shots=1,
+    draw=sorted_block_draw,
 ))

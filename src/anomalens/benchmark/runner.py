@@ -247,7 +247,7 @@ def evaluate_job(job: Job, dataset: str, root: Path, out: Path) -> dict:
     if job.preset.fit == "train" or (job.preset.fit == "shots" and job.shots > 0):
         train = open_split(dataset, root, job.category, "train")
         if job.shots > 0:
-            train = train.sample(job.shots, job.seed)
+            train = job.preset.draw(train, job.shots, job.seed) if job.preset.draw else train.sample(job.shots, job.seed)
             fit_paths = list(train.paths)
         det.fit(train)
         n_fit = len(train)

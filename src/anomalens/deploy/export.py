@@ -11,6 +11,7 @@ Gaussian smoothing (scipy-equal reflect padding, a constant-index Gather). Ensem
 prototypes T and (WinCLIP+) the k-shot memories as initializers; the tiles of a non-square input are fixed by H, W.
 CLIP-AD: the stock image tower with the V-V surgery path traced beside it (the same hooks as `dual_path_forward`),
 T = [T_n, T_a] and (SDP+) the stage adapters as initializers; image_score = p_abn + map_max (the predict score).
+AnomalyDINO: its graph is in models/anomalydino/graph.py (the official Pillow resize, the ViT, the bank as an initializer).
 
 Exported with torch's TorchScript-based exporter (`dynamo=False`): the hook-based feature taps trace as plain ops.
 """
@@ -249,7 +250,14 @@ class CLIPADGraph(nn.Module):
         return abnormal_probability(out.image_embed, self.text) + amap.flatten(1).amax(1), amap
 
 
-GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph, "clipad": CLIPADGraph}
+def _anomalydino_graph(model: Detector, size: tuple[int, int]) -> nn.Module:
+    """AnomalyDINO: its graph lives with the model (the official preprocessing, the ViT, the bank as an initializer)."""
+    from ..models.anomalydino.graph import AnomalyDINOGraph
+
+    return AnomalyDINOGraph(model, size)
+
+
+GRAPHS = {"patchcore": PatchCoreGraph, "winclip": WinCLIPGraph, "clipad": CLIPADGraph, "anomalydino": _anomalydino_graph}
 
 
 class TiledGraph(nn.Module):
