@@ -195,6 +195,9 @@ class Detector:
         S = self.geometry_size
         S = min(S) if isinstance(S, (list, tuple)) else S
         g = auto_geometry(getattr(dataset, "name", None), size, int(S or 256))
+        paper = self.paper_transform
+        if g == "aspect" and paper.crop is None and not isinstance(paper.resize, tuple):
+            return "paper"  # the method's own preprocessing already keeps the aspect and every pixel (WinCLIP, AnomalyDINO)
         return g if g in self.geometries else "paper"
 
     def _frames_out(self, images: torch.Tensor) -> tuple:

@@ -2,12 +2,12 @@
 1-NN cosine distance, the official scoring path with the forward passes batched."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 
-from ...data import ImageDataset, ImageTransform, iter_batches
+from ...data import ImageDataset, ImageTransform
 from ...detector import Detector
 from ...errors import DataError
 from ...ops.knn import knn
@@ -62,7 +62,10 @@ class AnomalyDINO(Detector):
     mask_morphology='1d', the 2-D variant with '2d'); masked patches score 0; image score = mean of the top
     ⌊`top_fraction`·h·w⌋ patch distances; map = the grid bilinear to the original size, Gaussian σ = `sigma`.
 
-    Input geometry: the native image (the model resizes itself), so maps are at the original size.
+    Input geometry: "paper" = the native image (the model resizes itself), so maps are at the original size; "tiles"
+    = `tile`-px tiles (default `resolution`) of the native image (× `scale`), each resized by the model as above,
+    maps blended, image score the largest tile score; "whole" / "aspect" squash or shorter-side-resize to
+    `resolution` first; "auto" = paper on MVTec AD / VisA and on images up to 1.5 × resolution, tiles above.
     weights: None = seeded random init, 'lvd142m' = the released checkpoint, or a local state-dict file.
     """
 
@@ -82,6 +85,10 @@ class AnomalyDINO(Detector):
         top_fraction: float = 0.01,
         sigma: float = 4.0,
         knn: str = "faiss",
+        geometry: Literal["auto", "paper", "whole", "aspect", "tiles"] = "auto",
+        tile: Optional[int] = None,
+        overlap: Optional[int] = None,
+        scale: float = 1.0,
         batch_size: int = 8,
         seed: int = 0,
         device: str = "auto",
@@ -97,16 +104,25 @@ class AnomalyDINO(Detector):
         self.top_fraction = top_fraction
         self.sigma = sigma
         self.knn = knn
+        self.geometry = geometry
+        self.tile = tile
+        self.overlap = overlap
+        self.scale = scale
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
 
     # ------------------------------------------------------------------ parts
     @property
-    def transform(self) -> ImageTransform:
+    def paper_transform(self) -> ImageTransform:
         """The native image as RGB in [0, 1]: resizing, normalisation and crop happen inside the model (PIL, as the
         official code), so every map comes out at the image's own size."""
         return ImageTransform(None, None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bicubic")
+
+    @property
+    def geometry_size(self) -> int:
+        """S = `resolution` (the model resizes any input's smaller edge to it itself)."""
+        return int(self.resolution)
 
     def _validate(self) -> None:
         if self.mask_morphology not in ("1d", "2d"):
@@ -148,7 +164,7 @@ class AnomalyDINO(Detector):
         self._validate()
         angles = ROTATION_ANGLES if self.rotation else (0,)
         rows, n_refs = [], 0
-        for images, _, _ in iter_batches(dataset, self.transform, self.batch_size, description="anomalydino: memory bank"):
+        for images in self._input_batches(dataset, "anomalydino: memory bank"):
             views = [v for im in to_uint8(images) for v in augment_image(im, angles)]  # reference i: angles in order
             feats, grid = self.embed(views)
             if self.mask_references and self.masking:
