@@ -31,17 +31,22 @@ from PIL import Image, ImageDraw
 HERE = Path(__file__).resolve().parent
 FIGURES = HERE / "figures"
 ASSETS = Path(os.environ.get("ANOMALENS_ASSETS", HERE.parents[1] / "shared" / "assets"))
-MAX_BYTES = 200 * 1024
+MAX_BYTES = 190 * 1024  # the limit is 200 KB a file
 
 
 def save_png(img: Image.Image, name: str, max_width: int = 900) -> Path:
-    """Save a figure small: at most max_width wide, palette-quantised when that keeps it under 200 KB."""
-    if img.width > max_width:
-        img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
+    """Save a figure small: at most max_width wide; palette-quantised, then shrunk, until it is under 200 KB."""
+    img = img.convert("RGB")
     path = FIGURES / name
-    img.convert("RGB").save(path, optimize=True)
-    if path.stat().st_size > MAX_BYTES:
-        img.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+    while True:
+        if img.width > max_width:
+            img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
+        img.save(path, optimize=True)
+        if path.stat().st_size > MAX_BYTES:
+            img.quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+        if path.stat().st_size <= MAX_BYTES or img.width < 200:
+            break
+        max_width = int(img.width * 0.85)
     print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
     return path
 
@@ -101,19 +106,22 @@ def geometry_figure(work: Path, demo: Path) -> None:
     image = np.asarray(Image.open(data / "weave" / "test" / "hole" / "000.png").convert("RGB"))
     mask = np.asarray(Image.open(data / "weave" / "ground_truth" / "hole" / "000_mask.png")) > 0
     xs = np.nonzero(mask.any(axis=0))[0]
-    shift = 2 - int(xs.min())  # the defect's left edge to x = 2: inside the 16 px the 256 -> 224 crop removes
+    shift = 12 - int(xs.max())  # the defect's right edge to x = 12: inside the 16 px the 256 -> 224 crop removes
     image, mask = np.roll(image, shift, axis=1), np.roll(mask, shift, axis=1)
     path = work / "border_defect.png"
     Image.fromarray(image).save(path)
+    normals = sorted(str(p) for p in (data / "weave" / "test" / "good").glob("*.png"))
     panels = []
     for geometry in ("paper", "whole"):
         model = anomalens.create("patchcore", backbone="tf_efficientnet_lite0", geometry=geometry, device="cpu")
         model.fit(MVTecAD(data, "weave", "train"))
-        pred = model.predict([str(path)])
+        pred = model.predict([str(path)] + normals)  # one colour range for the run, as the CLI's overlays
         amap = pred.map_at_original_size(0)
-        lo, hi = float(np.nanmin(amap)), float(np.nanmax(amap))
+        lo, hi = float(np.nanmin(pred.anomaly_maps)), float(np.nanmax(pred.anomaly_maps))
         canvas = render_overlay(image / 255.0, amap, lo, hi, mask, float(pred.image_scores[0]), None)
-        panels.append(caption(Image.fromarray(canvas), f'geometry="{geometry}"'))
+        text = (f'geometry="{geometry}": score {pred.image_scores[0]:.1f}; the {len(normals)} normal test images score '
+                f"{pred.image_scores[1:].min():.1f} to {pred.image_scores[1:].max():.1f}")
+        panels.append(caption(Image.fromarray(canvas), text))
     save_png(stack(panels, horizontal=False), "geometry.png", max_width=600)
 
 
@@ -151,8 +159,9 @@ def generated_figure(work: Path, demo: Path, base: str | None) -> None:
     steps = None if base else 50
     train(data, "weave", "hole", gen, config=config, steps=steps, device="cpu", progress=False)
     shutil.rmtree(out, ignore_errors=True)
+    masks = None if base else [str(data / "weave" / "ground_truth" / "hole")]  # tiny: its mask model is untrained
     generate_dataset(gen, [str(data / "weave" / "train" / "good")], n=3, out=out, seed=0, steps=None if base else 10,
-                     device="cpu", progress=False)
+                     masks=masks, device="cpu", progress=False)
     rows = []
     for i in range(3):
         img = Image.open(out / "test" / "hole" / f"{i:03d}.png").convert("RGB")
