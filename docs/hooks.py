@@ -6,8 +6,9 @@
   model's settings, their defaults read from the estimator's `__init__` (`anomalens.catalogue`, no torch import).
   A setting of the model without a line, or a line for a setting the model lacks, is a build warning (so
   `mkdocs build --strict` fails when a page falls behind the code).
-* an image `![...](path.png)` whose file is absent (figures are made by `docs/make_figures.py`, not committed
-  all) becomes a note saying how to produce it, so the build works without them.
+* an image `![...](path.png)` whose file is absent (figures are made by `docs/make_figures.py`; the one from
+  non-redistributable data is never committed) becomes a note saying how to produce it, so the build works
+  without them.
 """
 from __future__ import annotations
 

@@ -157,7 +157,8 @@ def generated_figure(work: Path, demo: Path, base: str | None) -> None:
     gen, out = work / "gen-weave-hole", work / "synth-weave"
     config = base if base else "tiny"
     steps = None if base else 50
-    train(data, "weave", "hole", gen, config=config, steps=steps, device="cpu", progress=False)
+    if not (gen / "anomalydiffusion.json").is_file():  # a kept --work folder reuses its trained generator
+        train(data, "weave", "hole", gen, config=config, steps=steps, device="cpu", progress=False)
     shutil.rmtree(out, ignore_errors=True)
     masks = None if base else [str(data / "weave" / "ground_truth" / "hole")]  # tiny: its mask model is untrained
     generate_dataset(gen, [str(data / "weave" / "train" / "good")], n=3, out=out, seed=0, steps=None if base else 10,
@@ -166,9 +167,11 @@ def generated_figure(work: Path, demo: Path, base: str | None) -> None:
     for i in range(3):
         img = Image.open(out / "test" / "hole" / f"{i:03d}.png").convert("RGB")
         msk = Image.open(out / "ground_truth" / "hole" / f"{i:03d}_mask.png").convert("RGB")
+        if img.width < 160:  # the tiny config's small images, enlarged to be seen
+            img, msk = img.resize((160, 160), Image.NEAREST), msk.resize((160, 160), Image.NEAREST)
         rows.append(stack([img, msk], horizontal=True))
-    label = "AnomalyDiffusion, real base model" if base else "AnomalyDiffusion, tiny random-init config (noise: shows the outputs, not quality)"
-    save_png(caption(stack(rows, horizontal=True), f"{label}: image | mask"), "generated.png", max_width=900)
+    label = "real base model" if base else "tiny random-init config (noise: the outputs' form, not quality)"
+    save_png(caption(stack(rows, horizontal=True), f"AnomalyDiffusion, {label} - image | mask"), "generated.png", max_width=900)
 
 
 def real_overlay_figure(work: Path) -> None:
