@@ -182,8 +182,10 @@ IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.(?:png|jpg|svg))\)(\{[^}]*\})?")
 
 def _figure_or_note(match: re.Match, page_dir: Path) -> str:
     alt, target = match.group(1), match.group(2)
-    if "://" in target or (page_dir / target).is_file():
+    if "://" in target:
         return match.group(0)
+    if (page_dir / target).is_file():  # the picture, its alt text as a visible caption under it
+        return f"{match.group(0)}\n\n*{alt}*" if alt else match.group(0)
     name = Path(target).name
     return (f'\n!!! note "Figure not built: {name}"\n'
             f"    *{alt}* — produce it with `python docs/make_figures.py` (from a real run; see "
