@@ -22,6 +22,7 @@ from .data import DataLike, ImageDataset, ImageTransform, as_dataset, iter_batch
 from .device import resolve_device
 from .errors import DataError, ModelFormatError, NotFittedError, OutputExistsError, SettingError
 from .io import atomic_path, load_safetensors_mmap
+from .outputs import check_save_target, is_model_dir as _is_model_dir  # noqa: F401  (torch-free, shared with the CLI)
 from .settings import check_settings
 
 FORMAT_NAME = "anomalens-model"
@@ -326,35 +327,6 @@ def check_fpr(fpr: float) -> None:
     """A false-positive rate must lie in [0, 1) (0 = above every calibration score)."""
     if not isinstance(fpr, (int, float)) or isinstance(fpr, bool) or not 0.0 <= fpr < 1.0:
         raise SettingError(f"fpr must be a number in [0, 1), got {fpr!r}")
-
-
-def check_save_target(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse to save where files would be lost: a file, a non-empty folder that is not a model, or a model
-    folder holding other files; an existing model only with `overwrite` (CLI: --force)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise OutputExistsError(f"{path} is a file, not a model folder; choose another output path")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
-        return
-    if not _is_model_dir(path):
-        raise OutputExistsError(f"{path} is a non-empty folder that is not an anomalens model; refusing to replace it "
-                                "(choose a new or empty folder)")
-    others = [e for e in entries if e not in (CONFIG_FILE, TENSORS_FILE)]
-    if others:
-        raise OutputExistsError(f"model folder {path} also holds other files ({', '.join(others[:3])}"
-                                f"{', ...' if len(others) > 3 else ''}); refusing to replace it")
-    if not overwrite:
-        raise OutputExistsError(f"{path} already holds a saved model; pass overwrite=True (CLI: --force) to replace it")
-
-
-def _is_model_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _param_names(cls: type) -> list[str]:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, console, parse_settings, user_errors
 
 
 @user_errors
@@ -21,8 +21,12 @@ def benchmark(
                                                 "or method.key=value for one (repeatable)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="run folder (re-run the same command to resume)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Run the methods in their paper settings; per-category JSON, summary.csv / summary.md; resumable."""
+    from anomalens.outputs import claim
+
+    claim(files=[out / "manifest.json", out / "summary.csv", out / "summary.md"], dirs=[out / "results"])
     from anomalens.benchmark import run_benchmark
     from anomalens.benchmark.runner import parse_int_list
 

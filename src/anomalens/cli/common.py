@@ -25,16 +25,20 @@ SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1max": "I-F1max",
          "pixel_ap": "P-AP", "pixel_f1max": "P-F1max", "aupro": "AUPRO"}
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 SET_HELP = "model setting key=value (repeatable; see `anomalens models`)"
+FORCE_HELP = "replace output files that anomalens did not write (without it such a file is never replaced)"
 RANDOM_INIT_TAG = " [yellow]\\[random-init backbone][/yellow]"
 
 
 def user_errors(fn):
-    """Turn user errors into one line on stderr and exit code 2 (no traceback)."""
+    """Turn user errors into one line on stderr and exit code 2 (no traceback); run the command under the output
+    guard (`anomalens.outputs.guarded`): a file no anomalens run wrote is never replaced unless it has `--force`."""
+    from ..outputs import guarded
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with guarded(force=bool(kwargs.get("force", False))):
+                return fn(*args, **kwargs)
         except (AnomalensError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             from rich.markup import escape  # messages are text, not markup: "pip install 'anomalens[serve]'" intact
 

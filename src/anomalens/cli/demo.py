@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, calibrate_with_warnings, console, create_with_fallback, metrics_table, split_holdout, user_errors, write_overlays
+from .common import DEVICE_HELP, FORCE_HELP, calibrate_with_warnings, console, create_with_fallback, metrics_table, split_holdout, user_errors, write_overlays
 
 DEMO_SETTINGS = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "coreset_ratio": 0.1}
 
@@ -19,8 +19,12 @@ def demo(
     seed: int = typer.Option(0, help="seed of the synthetic data and the coreset"),
     random_init: bool = typer.Option(False, help="use a random-init backbone instead of the embedded ImageNet weights"),
     n_train: int = typer.Option(20, help="normal training images per category"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Write synthetic defect data, fit PatchCore per category, evaluate, save metrics + overlays, print a table."""
+    from anomalens.outputs import claim
+
+    claim(files=[out / "metrics.json"], dirs=[out / "data", out / "overlays"])
     import anomalens
     from anomalens import metrics as _metrics
     from anomalens.data import MVTecAD

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, SET_HELP, console, metrics_table, open_dataset, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, console, metrics_table, open_dataset, parse_settings, user_errors
 
 
 def model_setting_names(model: str) -> set[str]:
@@ -56,13 +56,11 @@ def evaluate(
                                       help="ours (masks through the model's transform) | official (MuSc's official "
                                            "code: bilinear resize, then == 1 on MVTec AD, > 0 on VisA)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Fit per category on the train split (zero-shot models: only with --shots), evaluate on the test split."""
-    import anomalens
-    from anomalens import metrics as _metrics
-    from anomalens.data import MVTecAD, VisA
     from anomalens.evaluation import MASK_GEOMETRIES
-    from anomalens.io import write_json, write_text
+    from anomalens.outputs import claim
 
     if dataset not in ("mvtec", "visa"):
         raise ValueError(f"--dataset must be mvtec or visa, got {dataset!r}")
@@ -78,6 +76,12 @@ def evaluate(
             raise ValueError(f"--shots {shots} contradicts --set k_shot={user['k_shot']}; give one of them")
         shots = user["k_shot"]
     user["device"] = device
+    claim(files=[out / "metrics.json", out / "metrics.csv"])
+    import anomalens
+    from anomalens import metrics as _metrics
+    from anomalens.data import MVTecAD, VisA
+    from anomalens.io import write_json, write_text
+
     cats = list(categories or (MVTecAD.categories(root) if dataset == "mvtec" else VisA.categories(root)))
     rows, runs, rand = {}, {}, False
     for cat in cats:

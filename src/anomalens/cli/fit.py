@@ -24,17 +24,18 @@ def fit(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Fit a detector on normal images, calibrate its threshold on held-out normals, save it."""
-    import anomalens
-    from anomalens.detector import check_save_target
+    from anomalens.outputs import check_save_target
 
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"--holdout must be in [0, 1), got {holdout}")
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
     settings = parse_settings(setting) | {"device": device}
+    check_save_target(out, overwrite=force)  # before any work: never fit for minutes, then refuse to save
+    import anomalens
+
     det = anomalens.create(model, **settings)
     ds = open_dataset(data, dataset, category, "train")
-    check_save_target(out, overwrite=force)  # before any work: never fit for minutes, then refuse to save
     det.setup()
     train, calib = split_holdout(ds, holdout)
     if holdout > 0 and calib is None:

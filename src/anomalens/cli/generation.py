@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, console, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, console, user_errors
 
 
 @user_errors
@@ -24,8 +24,12 @@ def train_generator(
     seed: Optional[int] = typer.Option(None, "--seed", help="training seed (default 23)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue from GEN_DIR/checkpoint"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Train the anomaly embedding + spatial encoder and the mask model on the first third of one defect type."""
+    from anomalens.outputs import claim
+
+    claim(dirs=[out])
     from anomalens.generation import train
 
     pipe = train(root, category, defect, out, config=config, steps=steps, seed=seed, device=device, resume=resume)
@@ -50,6 +54,9 @@ def generate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Generate N defect images with pixel masks, written as an MVTec-layout test set."""
+    from anomalens.outputs import claim
+
+    claim(dirs=[out])
     from anomalens.generation.generate import generate_dataset
 
     files = generate_dataset(gen_dir, normal_images, n, out, seed=seed, steps=steps, defect=defect, masks=masks,
@@ -70,10 +77,14 @@ def evaluate_generator(
     size: Optional[int] = typer.Option(None, "--size", help="downstream image size (default: the generator's)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """IS, IC-LPIPS and a downstream U-Net check (clean last-epoch protocol next to the paper's test-set pick)."""
     from rich.table import Table
 
+    from anomalens.outputs import claim
+
+    claim(files=[out / "generator_eval.json"], dirs=[] if generated is not None else [out / "generated"])
     from anomalens.generation.evaluate import evaluate_generator as run
 
     rep = run(gen_dir, root, out, generated=generated, n=n, steps=steps, seed=seed, epochs=epochs, size=size,

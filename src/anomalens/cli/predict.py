@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, RANDOM_INIT_TAG, console, err_console, parse_settings, user_errors, write_overlays
+from .common import DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, console, err_console, parse_settings, user_errors, write_overlays
 
 
 @user_errors
@@ -24,17 +24,20 @@ def predict(
                                                           "a cluster ADDRESS; writes predictions.parquet"),
     workers: int = typer.Option(2, help="image-reading threads (or Ray model actors with --ray)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Score images with a saved model: a CSV/JSON row per image (unreadable files with the reason), plus overlays.
 
     Rows are written batch by batch, so a folder of any size runs in bounded memory and an interrupted run
     resumes where it stopped.
     """
-    import anomalens
+    from anomalens.outputs import claim
 
     if fmt not in ("csv", "json"):
         raise ValueError(f"--format must be csv or json, got {fmt!r}")
     settings = parse_settings(setting)
+    claim(files=[out / name for name in predict_outputs(fmt, ray is not None)], dirs=[out / "overlays"] if overlays else [])
+    import anomalens
     if ray is not None:
         from anomalens.deploy.ray_predict import predict_ray
 
@@ -57,6 +60,13 @@ def predict(
             summary.path = finish_json(summary.path, out / "predictions.json", {
                 "info": det.info(), "threshold": det.threshold_, "calibration": getattr(det, "calibration_", None)})
     _report(summary, det, threshold is not None)
+
+
+def predict_outputs(fmt: str, ray: bool) -> list[str]:
+    """The files `predict` writes into --out (overlays aside)."""
+    names = ["run.json", "predictions.csv" if fmt == "csv" else "predictions.jsonl"]
+    names += [] if fmt == "csv" else ["predictions.json"]
+    return names + (["predictions.parquet"] if ray else [])
 
 
 def _report(summary, det, manual: bool) -> None:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, SET_HELP, console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, console, parse_settings, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,12 @@ def register(app: typer.Typer) -> None:
         setting: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + "; CLIP-AD's backbone, weights, ori_tap, rvs, ..."),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         resume: bool = typer.Option(False, help="continue from the last finished epoch in OUT/checkpoints"),
+        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     ):
         """Train CLIP-AD SDP+ stage linears (frozen CLIP tokens cached once, focal + dice, Adam, per-epoch checkpoints)."""
+        from anomalens.outputs import claim
+
+        claim(dirs=[out])
         import anomalens
         from anomalens.models.clipad.training import PAPER_SELECTION, train_adapters
 

@@ -354,8 +354,11 @@ def calibration_note(model: Detector, manual: bool = False) -> str:
 
 def refuse_foreign_outputs(log_path: Path, outputs: Sequence[Path], resume: bool = True) -> None:
     """Refuse (DataError) when a final output file (JSON, Parquet) is already there but this run's log is not: it
-    was not written by a run in this folder, so it is a user's file. resume=False (--no-resume) asks to replace it."""
-    if not resume or Path(log_path).exists():
+    was not written by a run in this folder, so it is a user's file. resume=False asks to replace it.
+    Under a CLI command the output guard (`anomalens.outputs`) has already decided, with its --force."""
+    from ..outputs import guard_active
+
+    if not resume or Path(log_path).exists() or guard_active():
         return
     found = [str(p) for p in outputs if Path(p).exists()]
     if found:
