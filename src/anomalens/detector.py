@@ -270,6 +270,11 @@ class Detector:
         self.calibration_ = {"n_images": int(n), "fpr_requested": float(fpr),
                              "fpr_empirical": float(np.mean(pred.image_scores > self.threshold_)),
                              "fpr_achievable": float(achievable)}
+        from .viz.files import map_scale  # overlays colour every map of this model on this one scale
+
+        scale = map_scale(pred.anomaly_maps, self.threshold_)
+        if scale is not None:
+            self.calibration_["map_scale"] = scale
         return self
 
     def info(self) -> dict:

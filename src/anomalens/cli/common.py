@@ -95,35 +95,11 @@ def metrics_table(title: str, rows: dict[str, dict], random_init: bool = False) 
     return t
 
 
-def write_overlays(pred, transform=None, out_dir: Path = Path("overlays"), limit: int = 0) -> list[Path]:
-    """Save one overlay PNG per image: the whole original image, its heat map at the original size (grey where the
-    model saw nothing), score, verdict against the threshold, a random-init note when it applies, and a colour bar;
-    colour range shared across images.
-    The prediction's own geometry is used; `transform` stands in for it when the prediction was assembled without
-    one (e.g. by the streaming predict), the original sizes then read from the image files."""
-    import dataclasses
+def write_overlays(pred, transform=None, out_dir: Path = Path("overlays"), limit: int = 0, root=None, scale=None):
+    """`anomalens.viz.write_overlays` (kept here for callers of the CLI helpers)."""
+    from ..viz.files import write_overlays as _write
 
-    import numpy as np
-
-    from ..data import load_image
-    from ..viz import save_overlay
-
-    if not pred.paths or pred.paths[0].startswith("<tensor"):  # in-memory images have no file to draw on
-        return []
-    vmin, vmax = float(np.nanmin(pred.anomaly_maps)), float(np.nanmax(pred.anomaly_maps))
-    note = "random-init backbone" if pred.info.get("random_init") else ""
-    written = []
-    n = len(pred) if limit <= 0 else min(limit, len(pred))
-    if (pred.original_sizes is None or pred.geometry is None) and transform is not None:
-        pred = dataclasses.replace(pred, original_sizes=[None] * len(pred), geometry=transform)
-    for i in range(n):
-        img = np.asarray(load_image(pred.paths[i]), dtype=np.float32) / 255.0
-        if pred.original_sizes is not None and pred.original_sizes[i] is None:
-            pred.original_sizes[i] = tuple(img.shape[:2])
-        name = "__".join(Path(pred.paths[i]).parts[-2:]).rsplit(".", 1)[0] + ".png"
-        written.append(save_overlay(out_dir / name, img, pred.map_at_original_size(i), vmin, vmax, pred.mask_at_original_size(i),
-                                    float(pred.image_scores[i]), pred.threshold, note))
-    return written
+    return _write(pred, transform, out_dir, limit=limit, root=root, scale=scale)
 
 
 def split_holdout(ds, holdout: float, seed: int = 0):

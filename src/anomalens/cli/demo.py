@@ -49,7 +49,8 @@ def demo(
         rand = rand or model.random_init
         rows[cat] = report.metrics
         reports[cat] = report.to_dict() | {"threshold": model.threshold_}
-        write_overlays(report.prediction, model.transform, out / "overlays" / cat)
+        write_overlays(report.prediction, model.transform, out / "overlays" / cat, root=data_root / cat / "test",
+                       scale=(getattr(model, "calibration_", None) or {}).get("map_scale"))
     table = _metrics.table(rows)
     write_json(out / "metrics.json", {"model": "patchcore", "settings": dict(settings), "random_init": rand,
                                       "per_category": reports, "mean": table.get("mean", {})})

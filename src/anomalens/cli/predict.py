@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, console, err_console, parse_settings, user_errors, write_overlays
+from .common import DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, console, err_console, parse_settings, user_errors
 
 
 @user_errors
@@ -53,9 +53,15 @@ def predict(
         det = anomalens.load(model_dir, device=device, **settings)
         if threshold is not None:
             det.threshold_ = float(threshold)
-        draw = (lambda pred: write_overlays(pred, det.transform, out / "overlays")) if overlays else None
+        writer = None
+        if overlays:
+            from anomalens.viz import OverlayWriter, overlay_root
+
+            writer = OverlayWriter(out / "overlays", overlay_root(images),
+                                   (getattr(det, "calibration_", None) or {}).get("map_scale"))
         summary = predict_stream(det, images, out, fmt="csv" if fmt == "csv" else "jsonl", resume=resume,
-                                 num_workers=workers, on_batch=draw)
+                                 num_workers=workers, on_batch=(lambda pred: writer(pred, det.transform)) if writer else None,
+                                 overlay_path=writer.path_for if writer else None)
         if fmt == "json":
             summary.path = finish_json(summary.path, out / "predictions.json", {
                 "info": det.info(), "threshold": det.threshold_, "calibration": getattr(det, "calibration_", None)})

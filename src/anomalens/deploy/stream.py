@@ -32,7 +32,7 @@ from ..errors import DataError
 from ..io import atomic_path
 from ..progress import track
 
-FIELDS = ["path", "score", "anomalous", "random_init", "error"]
+FIELDS = ["path", "score", "anomalous", "random_init", "error", "overlay"]  # overlay: its file, when drawn
 RUN_FILE = "run.json"
 #: settings that change how a model runs, not what it scores: a resumed run may differ in these
 RUNTIME_SETTINGS = {"device", "batch_size", "feature_dir", "cache_dir", "token_cache"}
@@ -255,11 +255,13 @@ def predict_stream(
     resume: bool = True,
     num_workers: int = 2,
     on_batch: Optional[Callable[[Prediction], None]] = None,
+    overlay_path: Optional[Callable[[str], Union[str, os.PathLike]]] = None,
 ) -> StreamSummary:
     """Score `images` (folders, globs, files) into `out_dir/predictions.csv` (fmt 'csv') or `.jsonl` ('jsonl').
 
     Rows: path, score, anomalous (None without a threshold), random_init, error (the reason an image could
-    not be read; its score is empty). `on_batch(prediction)` sees each scored batch with its maps.
+    not be read; its score is empty), overlay (`overlay_path(image path)` of each scored image when given: the file
+    `on_batch` draws). `on_batch(prediction)` sees each scored batch with its maps.
     """
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"fmt must be 'csv' or 'jsonl', got {fmt!r}")
@@ -276,7 +278,7 @@ def predict_stream(
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             chunks = _chunks(all_paths, batch, set(log.done))
             for names, loaded in track(_prefetched(pool, chunks, transform), f"{model.name}: scoring"):
-                _score_and_log(model, names, loaded, log, summary, on_batch)
+                _score_and_log(model, names, loaded, log, summary, on_batch, overlay_path)
     finally:
         log.close()
     return summary
@@ -300,7 +302,7 @@ def _prefetched(pool: ThreadPoolExecutor, chunks: Iterator[list[str]], transform
         yield names, [f.result() for f in futures]
 
 
-def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary, on_batch) -> None:
+def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary, on_batch, overlay_path=None) -> None:
     rows: dict[int, dict] = {}
     good = [i for i, (t, _) in enumerate(loaded) if t is not None]
     for i, (_, err) in enumerate(loaded):
@@ -317,7 +319,8 @@ def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary,
             for j, k in enumerate(idx):
                 i = good[k]
                 rows[i] = {"path": names[i], "score": float(scores[j]), "random_init": model.random_init, "error": None,
-                           "anomalous": None if labels is None else bool(labels[j])}
+                           "anomalous": None if labels is None else bool(labels[j]),
+                           "overlay": None if overlay_path is None else str(overlay_path(names[i]))}
             if on_batch is not None:
                 on_batch(Prediction(scores, maps, labels, [names[good[k]] for k in idx], info=model.info(),
                                     threshold=getattr(model, "threshold_", None)))

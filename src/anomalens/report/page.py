@@ -201,10 +201,10 @@ def render_predict(src: dict) -> str:
             _table(["image", "score", "anomalous"],
                    [[p["path"], f"{p['score']:.4g}", "–" if p["anomalous"] is None else str(p["anomalous"])] for p in preds])]
     if src["overlays"]:
-        by_name = {p.stem: p for p in src["overlays"]}
+        by_name = {p.name: p for p in src["overlays"]}
         picks = []
-        for p in preds:
-            key = "__".join(Path(p["path"]).parts[-2:]).rsplit(".", 1)[0]
+        for p in preds:  # each row names its overlay (older runs: <parent>__<stem>.png)
+            key = Path(p["overlay"]).name if p.get("overlay") else "__".join(Path(p["path"]).parts[-2:]).rsplit(".", 1)[0] + ".png"
             if key in by_name:
                 picks.append((by_name[key], p["score"]))
         picks = picks[:MAX_OVERLAYS] or [(o, None) for o in src["overlays"][:MAX_OVERLAYS]]

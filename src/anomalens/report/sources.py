@@ -64,7 +64,8 @@ def load_source(run_dir) -> dict:
             threshold, rand = None, any(str(r.get("random_init")) == "True" for r in rows)
         try:
             preds = [{"path": r["path"], "score": float(r["score"]),
-                      "anomalous": None if r.get("anomalous") in (None, "", "None") else str(r["anomalous"]) == "True"}
+                      "anomalous": None if r.get("anomalous") in (None, "", "None") else str(r["anomalous"]) == "True",
+                      "overlay": r.get("overlay") or None}
                      for r in rows]
         except (KeyError, ValueError) as exc:
             raise DataError(f"predictions in {d} are half-written or malformed ({exc})") from exc
