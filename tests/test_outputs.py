@@ -9,7 +9,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from anomalens.cli import app
-from anomalens.outputs import MANIFEST, check_outputs, claim, guarded, written_by_us
+from anomalens.outputs import MANIFEST, check_outputs, claim, guarded, start_writing, written_by_us
 
 runner = CliRunner()
 
@@ -138,6 +138,8 @@ def test_guard_refuses_at_write_time_too(tmp_path):
 def test_claimed_folders_and_forced_writes(tmp_path):
     with guarded(force=False):
         claim(files=[tmp_path / "a" / "metrics.json"], dirs=[tmp_path / "a" / "overlays"])
+        assert not (tmp_path / "a").exists()  # nothing written yet: nothing marked
+        start_writing()
         (tmp_path / "a" / "overlays" / "x.png").write_bytes(b"1")
         check_outputs(files=[tmp_path / "a" / "metrics.json", tmp_path / "a" / "overlays" / "x.png"])
     (tmp_path / "b").mkdir()
@@ -147,3 +149,11 @@ def test_claimed_folders_and_forced_writes(tmp_path):
     with pytest.raises(OutputExistsError, match="photo.png"):
         check_outputs(dirs=[tmp_path / "b"], force=False)
     check_outputs(dirs=[tmp_path / "b"], force=True)
+
+
+def test_a_command_that_fails_on_its_arguments_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["predict", "/no/such/model", "x.png"], ["evaluate", "/no/such/root"],
+                 ["report", "/no/such/run", "-o", "sub/r.html"]):
+        assert runner.invoke(app, args).exit_code == 2
+    assert list(tmp_path.iterdir()) == []

@@ -37,6 +37,9 @@ _lock = threading.Lock()
 # Threads started inside a guarded command (overlay writers, prefetchers) do not inherit context variables:
 # the process-wide fallback below is what they see.
 _process_force: list[Optional[bool]] = [None]
+#: outputs a command claimed but has not started writing: marked as ours at its first write (`start_writing`), so a
+#: command that fails on its arguments leaves no folder or manifest behind
+_pending: dict[str, list[Path]] = {"files": [], "dirs": []}
 
 
 def _active() -> Optional[bool]:
@@ -55,13 +58,17 @@ def guarded(force: bool = False) -> Iterator[None]:
     """Within this block every anomalens write refuses to replace a file no anomalens run wrote (unless `force`),
     and records what it writes."""
     token = _force.set(bool(force))
-    previous = _process_force[0]
+    previous, pending = _process_force[0], {k: list(v) for k, v in _pending.items()}
     _process_force[0] = bool(force)
+    _pending["files"].clear()
+    _pending["dirs"].clear()
     try:
         yield
     finally:
         _force.reset(token)
         _process_force[0] = previous
+        for k, v in pending.items():
+            _pending[k][:] = v
 
 
 ABOUT = "files written here by anomalens; others are never replaced without --force"
@@ -141,7 +148,10 @@ def check_outputs(files: Iterable[PathLike] = (), dirs: Iterable[PathLike] = (),
 def guard_replace(path: PathLike) -> None:
     """Called before a file is written under a guarded command: refuse to replace a file no anomalens run wrote."""
     force = _active()
-    if force is None or force:
+    if force is None:
+        return
+    start_writing()
+    if force:
         return
     p = Path(path)
     if p.is_file() and not written_by_us(p):
@@ -221,10 +231,25 @@ def check_save_target(path: PathLike, overwrite: bool = False) -> None:
 
 
 def claim(files: Iterable[PathLike] = (), dirs: Iterable[PathLike] = ()) -> None:
-    """`check_outputs(files, dirs)`, then mark them as this run's (recorded before anything is written, so a run
-    interrupted half-way is still recognised as ours when resumed)."""
+    """`check_outputs(files, dirs)` now; mark them as this command's when it starts writing (its first anomalens
+    write, or `start_writing()`), before any of them is written: a run interrupted half-way is still recognised as
+    ours when resumed, and a command that fails on its arguments leaves nothing behind. Outside a command
+    (`guarded`) the check only."""
     files, dirs = [Path(f) for f in files], [Path(d) for d in dirs]
     check_outputs(files, dirs)
+    if _active() is not None:
+        _pending["files"] += files
+        _pending["dirs"] += dirs
+
+
+def start_writing() -> None:
+    """Mark the outputs claimed by the running command as ours (call before writing them by other means than
+    anomalens.io, e.g. Pillow or an open() log); every guarded anomalens write calls it first."""
+    if _active() is None or not (_pending["files"] or _pending["dirs"]):
+        return
+    files, dirs = list(_pending["files"]), list(_pending["dirs"])
+    _pending["files"].clear()
+    _pending["dirs"].clear()
     for f in files:
         f.parent.mkdir(parents=True, exist_ok=True)
     record_written(files)

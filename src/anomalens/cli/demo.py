@@ -22,7 +22,7 @@ def demo(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Write synthetic defect data, fit PatchCore per category, evaluate, save metrics + overlays, print a table."""
-    from anomalens.outputs import claim
+    from anomalens.outputs import claim, start_writing
 
     claim(files=[out / "metrics.json"], dirs=[out / "data", out / "overlays"])
     import anomalens
@@ -33,6 +33,7 @@ def demo(
 
     anomalens.resolve_device(device)  # fail before any work on a bad device
     cats = list(categories or CATEGORIES)
+    start_writing()  # the synthetic data is written with Pillow: mark out/data as ours first
     data_root = make_synthetic_dataset(out / "data", categories=cats, n_train=n_train, seed=seed)
     settings = dict(DEMO_SETTINGS, device=device, seed=seed)
     if random_init:
