@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, parse_settings, say, user_errors
 
 
 @user_errors
@@ -33,8 +33,8 @@ def benchmark(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     seed_list = parse_int_list(seeds, "--seeds") or [0]
     path = run_benchmark(dataset, root, names, out, categories, parse_int_list(shots, "--shots"), seed_list,
-                         parse_settings(setting), device, log=lambda msg: console.print(msg, highlight=False))
-    console.print(f"summary: {path} and {path.with_suffix('.md')}; HTML: anomalens report {out} -o report.html")
+                         parse_settings(setting), device, log=say)
+    say(f"summary: {path} and {path.with_suffix('.md')}; HTML: anomalens report {out} -o report.html")
 
 
 def register(app: typer.Typer) -> None:

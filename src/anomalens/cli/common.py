@@ -40,17 +40,28 @@ def user_errors(fn):
             with guarded(force=bool(kwargs.get("force", False))):
                 return fn(*args, **kwargs)
         except (AnomalensError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            from rich.markup import escape  # messages are text, not markup: "pip install 'anomalens[serve]'" intact
-
-            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {esc(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
 
     return wrapper
 
 
+def esc(value) -> str:
+    """`str(value)` as literal text for rich: user paths, settings and messages are never read as markup
+    ("pip install 'anomalens[generation]'", a file named "[1].png" stay intact)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+def say(text: str, **kw) -> None:
+    """Print literal text (no markup) on stdout, as the commands' progress lines."""
+    console.print(esc(text), highlight=False, soft_wrap=True, **kw)
+
+
 def warn(message: str) -> None:
-    """One yellow warning line on stderr."""
-    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    """One yellow warning line on stderr (the message is literal text, not markup)."""
+    err_console.print(f"[yellow]warning:[/yellow] {esc(message)}", highlight=False, soft_wrap=True)
 
 
 def calibrate_with_warnings(det, calib, fpr: float) -> None:
@@ -86,12 +97,12 @@ def metrics_table(title: str, rows: dict[str, dict], random_init: bool = False) 
     from ..metrics import ALL_KEYS
 
     keys = [k for k in ALL_KEYS if any(k in r for r in rows.values())]
-    t = Table(title=title + (" [yellow](random-init backbone)[/yellow]" if random_init else ""))
+    t = Table(title=esc(title) + (" [yellow](random-init backbone)[/yellow]" if random_init else ""))
     t.add_column("category")
     for k in keys:
         t.add_column(SHORT.get(k, k), justify="right")
     for cat, r in rows.items():
-        t.add_row(cat, *[("nan" if math.isnan(r.get(k, float("nan"))) else f"{r[k]:.3f}") for k in keys])
+        t.add_row(esc(cat), *[("nan" if math.isnan(r.get(k, float("nan"))) else f"{r[k]:.3f}") for k in keys])
     return t
 
 
@@ -134,5 +145,5 @@ def create_with_fallback(name: str, settings: dict):
     try:
         return anomalens.create(name, **settings).setup()  # resolves weights before any work starts
     except anomalens.WeightsError as exc:
-        err_console.print(f"[yellow]warning:[/yellow] {exc}\n[yellow]continuing with a random-init backbone[/yellow]")
+        warn(f"{exc}; continuing with a random-init backbone")
         return anomalens.create(name, **dict(settings, weights=None))

@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, calibrate_with_warnings, console, create_with_fallback, metrics_table, split_holdout, user_errors, write_overlays
+from .common import (DEVICE_HELP, FORCE_HELP, calibrate_with_warnings, console, create_with_fallback, esc, metrics_table, say,
+                     split_holdout, user_errors, write_overlays)
 
 DEMO_SETTINGS = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "coreset_ratio": 0.1}
 
@@ -40,7 +41,7 @@ def demo(
         settings["weights"] = None
     rows, reports, rand = {}, {}, False
     for cat in cats:
-        console.print(f"[bold]{cat}[/bold]: fitting patchcore ({settings['backbone']})")
+        console.print(f"[bold]{esc(cat)}[/bold]: fitting patchcore ({esc(settings['backbone'])})", highlight=False)
         model = create_with_fallback("patchcore", settings)
         train, calib = split_holdout(MVTecAD(data_root, cat, "train"), max(0.2, 2 / n_train), seed)  # >= 2 to calibrate
         model.fit(train)
@@ -56,7 +57,7 @@ def demo(
     write_json(out / "metrics.json", {"model": "patchcore", "settings": dict(settings), "random_init": rand,
                                       "per_category": reports, "mean": table.get("mean", {})})
     console.print(metrics_table("anomalens demo: PatchCore on synthetic defects", table, rand))
-    console.print(f"metrics: {out / 'metrics.json'}   overlays: {out / 'overlays'}")
+    say(f"metrics: {out / 'metrics.json'}   overlays: {out / 'overlays'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, console, metrics_table, open_dataset, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, console, metrics_table, open_dataset, parse_settings, say, user_errors
 
 
 def model_setting_names(model: str) -> set[str]:
@@ -54,7 +54,8 @@ def evaluate(
     seed: int = typer.Option(0, help="seed of the few-shot draw"),
     mask_geometry: str = typer.Option("ours", "--mask-geometry",
                                       help="ours (masks through the model's transform) | official (MuSc's official "
-                                           "code: bilinear resize, then == 1 on MVTec AD, > 0 on VisA)"),
+                                           "code: the 0/255 mask bilinear-resized, then == 255 on MVTec AD, > 0 on "
+                                           "VisA)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
@@ -102,7 +103,7 @@ def evaluate(
         runs[cat] = run
         rows[cat] = rep.metrics
         rand = rand or det.random_init
-        console.print(str(rep))
+        say(str(rep))
     table = _metrics.table(rows)
     zero_shot = all(r["fit"] == "zero-shot" for r in runs.values())
     write_json(out / "metrics.json", {"model": model, "dataset": dataset, "settings": user,

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import typer
 
-from .common import console, user_errors
+from .common import console, say, user_errors
 
 
 @user_errors
@@ -33,7 +33,7 @@ def export(
     det = anomalens.load(model_dir, device="cpu")
     path = export_onnx(det, out, input_size, opset=opset, source=str(model_dir.resolve()), overwrite=force)
     size_mb = path.stat().st_size / 2**20
-    console.print(f"exported {det.name} -> {path} ({size_mb:.1f} MiB) + {path.with_suffix('.json').name}", highlight=False)
+    say(f"exported {det.name} -> {path} ({size_mb:.1f} MiB) + {path.with_suffix('.json').name}")
     if check:
         from anomalens.deploy.export import input_size as graph_size
 

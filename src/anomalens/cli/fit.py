@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_HELP, RANDOM_INIT_TAG, SET_HELP, calibrate_with_warnings, console, open_dataset, parse_settings,
+from .common import (DEVICE_HELP, RANDOM_INIT_TAG, SET_HELP, calibrate_with_warnings, console, esc, open_dataset, parse_settings,
                      split_holdout, user_errors, warn)
 
 
@@ -48,8 +48,8 @@ def fit(
     thr, cal = det.threshold_, getattr(det, "calibration_", None)
     calib_txt = (f"threshold {thr:.4f} from {cal['n_images']} held-out normals, empirical FPR {cal['fpr_empirical']:.3g}"
                  if thr is not None and cal else "no threshold")
-    console.print(f"saved {det.name} to {out} ({len(train)} training images; {calib_txt})"
-                  + (RANDOM_INIT_TAG if det.random_init else ""), highlight=False)
+    console.print(esc(f"saved {det.name} to {out} ({len(train)} training images; {calib_txt})")
+                  + (RANDOM_INIT_TAG if det.random_init else ""), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

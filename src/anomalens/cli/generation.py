@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, console, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, console, esc, say, user_errors
 
 
 @user_errors
@@ -33,7 +33,7 @@ def train_generator(
     from anomalens.generation import train
 
     pipe = train(root, category, defect, out, config=config, steps=steps, seed=seed, device=device, resume=resume)
-    console.print(f"trained generator for {pipe.defects[0]} -> {out}")
+    say(f"trained generator for {pipe.defects[0]} -> {out}")
 
 
 @user_errors
@@ -61,7 +61,7 @@ def generate(
 
     files = generate_dataset(gen_dir, normal_images, n, out, seed=seed, steps=steps, defect=defect, masks=masks,
                              force=force, device=device, batch_size=batch_size, use_aar=aar)
-    console.print(f"wrote {len(files)} image/mask pairs -> {out}")
+    say(f"wrote {len(files)} image/mask pairs -> {out}")
 
 
 @user_errors
@@ -91,7 +91,8 @@ def evaluate_generator(
               device=device)
     for name in ("inception_score", "ic_lpips"):
         v = rep[name]
-        console.print(f"{name}: {v:.4f}" if isinstance(v, float) else f"{name}: [yellow]{v}[/yellow]", highlight=False)
+        console.print(f"{name}: {v:.4f}" if isinstance(v, float) else f"{name}: [yellow]{esc(v)}[/yellow]", highlight=False,
+                      soft_wrap=True)
     ds = rep["downstream"]
     t = Table(title=f"downstream U-Net on real test images of {rep['defect']}")
     t.add_column("protocol")
@@ -101,7 +102,7 @@ def evaluate_generator(
     t.add_row(f"clean (last epoch {ds['epochs']})", *[f"{ds['clean'][k]:.3f}" for k in keys])
     t.add_row(f"paper (best on test, epoch {ds['best_epoch']})", *[f"{ds['paper'][k]:.3f}" for k in keys])
     console.print(t)
-    console.print(f"report -> {out / 'generator_eval.json'}")
+    say(f"report -> {out / 'generator_eval.json'}")
 
 
 def register(app: typer.Typer) -> None:

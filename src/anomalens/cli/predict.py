@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, console, err_console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, console, err_console, esc, parse_settings, say, user_errors
 
 
 @user_errors
@@ -80,16 +80,16 @@ def _report(summary, det, manual: bool) -> None:
 
     random_init = det.random_init if det is not None else summary.random_init
     n_new = summary.n_scored + summary.n_failed
-    line = f"scored {summary.n_scored} images -> {summary.path}"
+    line = f"scored {summary.n_scored} images -> {esc(summary.path)}"
     line += f" ({summary.n_anomalous} anomalous)" if summary.n_anomalous is not None else " (no threshold set)"
     if summary.n_failed:
         line += f"; [red]{summary.n_failed} unreadable[/red] (reason in the error column)"
     if summary.n_resumed:
         line += f"; {summary.n_resumed} already done in an earlier run, {n_new} new"
     console.print(line + (RANDOM_INIT_TAG if random_init else ""), highlight=False, soft_wrap=True)
-    console.print(calibration_note(det, manual) if det is not None else summary.calibration_note, highlight=False, soft_wrap=True)
+    say(calibration_note(det, manual) if det is not None else summary.calibration_note)
     for path, reason in summary.failures[:5]:
-        err_console.print(f"[yellow]unreadable:[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]unreadable:[/yellow] {esc(path)}: {esc(reason)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

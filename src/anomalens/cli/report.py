@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .common import FORCE_HELP, console, user_errors
+from .common import FORCE_HELP, say, user_errors
 
 
 @user_errors
@@ -21,7 +21,7 @@ def report(
     claim(files=[out])
 
     path = write_report(run_dir, out)
-    console.print(f"report: {path}")
+    say(f"report: {path}")
 
 
 def register(app: typer.Typer) -> None:

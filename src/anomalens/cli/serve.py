@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, RANDOM_INIT_TAG, err_console, parse_settings, user_errors
+from .common import DEVICE_HELP, RANDOM_INIT_TAG, err_console, esc, parse_settings, user_errors
 
 
 @user_errors
@@ -41,9 +41,9 @@ def serve(
 
     det = anomalens.load(model_dir, device=device, **settings)
     t = threshold if threshold is not None else det.threshold_
-    err_console.print(f"serving {det.name} from {model_dir} on http://{host}:{port} (device {det.device_}, "
-                      + (f"threshold {t:.6g}" if t is not None else "no threshold: scores only")
-                      + f", batches up to {max_batch})" + (RANDOM_INIT_TAG if det.random_init else ""),
+    err_console.print(esc(f"serving {det.name} from {model_dir} on http://{host}:{port} (device {det.device_}, "
+                          + (f"threshold {t:.6g}" if t is not None else "no threshold: scores only")
+                          + f", batches up to {max_batch})") + (RANDOM_INIT_TAG if det.random_init else ""),
                       highlight=False, soft_wrap=True)
     sig = serving.serve(det, host=host, port=port, log_level=log_level, max_batch=max_batch, max_wait_ms=max_wait_ms,
               max_upload_mb=max_upload_mb, threshold=threshold)

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, parse_settings, say, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -48,10 +48,10 @@ def register(app: typer.Typer) -> None:
         for h in report["history"]:
             v = h.get("validation", {}).get("mean", {})
             extra = f"  val image AUROC {v['image_auroc']:.4f}  pixel AUROC {v['pixel_auroc']:.4f}" if v else ""
-            console.print(f"epoch {h['epoch']}: loss {h['loss']:.4f}{extra}")
-        console.print(f"last epoch ({report['last']['epoch']}): {report['last']['path']}")
+            say(f"epoch {h['epoch']}: loss {h['loss']:.4f}{extra}")
+        say(f"last epoch ({report['last']['epoch']}): {report['last']['path']}")
         if report["best"]:
-            console.print(f"best on validation (epoch {report['best']['epoch']}, {report['best']['selected_by']}): {report['best']['path']}")
-        console.print(f"note: {PAPER_SELECTION}")
+            say(f"best on validation (epoch {report['best']['epoch']}, {report['best']['selected_by']}): {report['best']['path']}")
+        say(f"note: {PAPER_SELECTION}")
 
     app.add_typer(train_app, name="train")

@@ -145,6 +145,9 @@ class ResultLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists() and self.path.stat().st_size > 0:
             saved = json.loads(self.run_path.read_text()) if self.run_path.is_file() else None
+            if saved is None:
+                raise DataError(f"{self.path} was not written by a run in this folder (there is no {self.run_path}); "
+                                "choose another output folder, or pass --no-resume (resume=False) to replace it")
             if saved != json.loads(json.dumps(signature)):
                 raise DataError(f"{self.path} holds results of another model, setting or threshold "
                                 f"(see {self.run_path}); pass --no-resume (resume=False) to start it afresh")
