@@ -341,7 +341,8 @@ def _param_names(cls: type) -> list[str]:
 def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any) -> Detector:
     """Load a model saved with `Detector.save`; tensors are memory-mapped, never unpickled.
 
-    `overrides` replace saved settings that only change how the model runs (batch_size, ...); unknown names are an error.
+    `overrides` replace saved settings that only change how the model runs (`settings.RUNTIME_SETTINGS`: batch_size,
+    device, ...); unknown names and fit-time settings (which the fitted state already fixed) are an error.
     """
     from .registry import get_entry
 
@@ -371,6 +372,9 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     unknown = sorted(set(overrides) - set(settings))
     if unknown:
         raise ModelFormatError(f"{entry.name} has no setting(s) {unknown}; valid: {sorted(settings)}")
+    from .settings import check_runtime_overrides
+
+    check_runtime_overrides(overrides, settings, "load()")
     check_settings(entry.cls, overrides)  # a bad override is the caller's, not the file's
     settings.update(overrides)
     try:

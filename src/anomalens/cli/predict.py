@@ -16,7 +16,7 @@ def predict(
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="output folder"),
     fmt: str = typer.Option("csv", "--format", help="csv or json"),
     overlays: bool = typer.Option(True, help="write heat-map overlays"),
-    setting: Optional[List[str]] = typer.Option(None, "--set", help="override a saved run-time setting key=value (e.g. batch_size=16)"),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="override a run-time setting key=value: batch_size, device, feature_dir, cache_dir, token_cache (fit-time settings need a refit)"),
     threshold: Optional[float] = typer.Option(None, help="decision threshold on the image score (overrides the calibrated one)"),
     resume: bool = typer.Option(True, help="continue an interrupted run in the same --out folder (skip images already "
                                            "written); --no-resume starts the output afresh"),
@@ -32,10 +32,12 @@ def predict(
     resumes where it stopped.
     """
     from anomalens.outputs import claim
+    from anomalens.settings import check_runtime_overrides, saved_settings
 
     if fmt not in ("csv", "json"):
         raise ValueError(f"--format must be csv or json, got {fmt!r}")
     settings = parse_settings(setting)
+    check_runtime_overrides(settings, saved_settings(model_dir), where="predict --set")
     claim(files=[out / name for name in predict_outputs(fmt, ray is not None)], dirs=[out / "overlays"] if overlays else [])
     import anomalens
     if ray is not None:

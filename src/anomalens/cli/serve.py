@@ -19,7 +19,7 @@ def serve(
     max_wait_ms: float = typer.Option(5.0, help="how long the first queued request waits for others to join its batch"),
     max_upload_mb: float = typer.Option(20.0, help="larger uploads answer 413"),
     threshold: Optional[float] = typer.Option(None, help="decision threshold on the image score (overrides the calibrated one)"),
-    setting: Optional[List[str]] = typer.Option(None, "--set", help="override a saved run-time setting key=value (e.g. batch_size=16)"),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="override a run-time setting key=value: batch_size, device, feature_dir, cache_dir, token_cache (fit-time settings need a refit)"),
     log_level: str = typer.Option("info", help="uvicorn log level (warning: quieter)"),
 ):
     """Serve a model over HTTP: POST /predict (multipart field `file` or raw image body; ?map=png adds the anomaly
@@ -36,6 +36,9 @@ def serve(
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
     settings = parse_settings(setting)
+    from anomalens.settings import check_runtime_overrides, saved_settings
+
+    check_runtime_overrides(settings, saved_settings(model_dir), where="serve --set")
     import anomalens
     from anomalens.deploy import serve as serving
 
