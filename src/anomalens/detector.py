@@ -319,6 +319,7 @@ class Detector:
             "calibration": getattr(self, "calibration_", None),
             "state": self._state_extra(),
             "random_init": self.random_init,
+            "skipped": getattr(self, "skipped_", []),  # unreadable training images left out (anomalens fit)
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
         with atomic_path(path) as tmp:
@@ -389,6 +390,7 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     model.fitted_ = True
     model.threshold_ = config.get("threshold")
     model.calibration_ = config.get("calibration")
+    model.skipped_ = config.get("skipped", [])
     return model
 
 

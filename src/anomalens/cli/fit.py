@@ -21,6 +21,8 @@ def fit(
     holdout: float = typer.Option(0.2, help="fraction of normal images held out to calibrate the threshold, 0 <= h < 1 (0 = none)"),
     fpr: float = typer.Option(0.01, help="false-positive rate on held-out normals that sets the threshold, 0 < fpr < 1"),
     force: bool = typer.Option(False, "--force", help="replace a model already saved at --out"),
+    strict: bool = typer.Option(False, "--strict", help="stop on the first unreadable image (default: skip it, name it, "
+                                                        "and record it with the model)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Fit a detector on normal images, calibrate its threshold on held-out normals, save it."""
@@ -37,6 +39,12 @@ def fit(
     det = anomalens.create(model, **settings)
     ds = open_dataset(data, dataset, category, "train")
     det.setup()
+    ds, skipped = readable_subset(ds, det.transform, strict)
+    if skipped:
+        first = "; ".join(f"{Path(p).name} ({reason.split(': ', 1)[-1]})" for p, reason in skipped[:3])
+        warn(f"skipped {len(skipped)} unreadable image(s) of {len(skipped) + len(ds)} in {data}: {first}"
+             + (f"; {len(skipped) - 3} more" if len(skipped) > 3 else "") + " (recorded in the model; --strict stops instead)")
+    det.skipped_ = [{"path": p, "reason": reason} for p, reason in skipped]
     train, calib = split_holdout(ds, holdout)
     if holdout > 0 and calib is None:
         warn(f"{len(ds)} images leave fewer than 2 to hold out at --holdout {holdout:g}: no threshold calibrated "
@@ -50,6 +58,28 @@ def fit(
                  if thr is not None and cal else "no threshold")
     console.print(esc(f"saved {det.name} to {out} ({len(train)} training images; {calib_txt})")
                   + (RANDOM_INIT_TAG if det.random_init else ""), highlight=False, soft_wrap=True)
+
+
+def readable_subset(ds, transform, strict: bool = False, workers: int = 4):
+    """(the images of `ds` that load through `transform`, [(path, reason)] of those that do not). None readable, or
+    any unreadable with `strict`: a DataError saying so (one line, naming the first file and its reason)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from anomalens.deploy.stream import load_for_model
+    from anomalens.errors import DataError
+
+    paths = list(ds.paths)
+    with ThreadPoolExecutor(workers) as pool:
+        errors = list(pool.map(lambda p: load_for_model(p, transform)[1], paths))
+    bad = [(p, e) for p, e in zip(paths, errors) if e is not None]
+    if bad and strict:
+        raise DataError(f"unreadable training image {bad[0][0]}: {bad[0][1]} (without --strict it is skipped)")
+    if len(bad) == len(paths):
+        raise DataError(f"none of the {len(paths)} files in {ds.source} can be read as an image "
+                        f"(first: {Path(bad[0][0]).name}: {bad[0][1]})")
+    if not bad:
+        return ds, []
+    return ds.subset([i for i, e in enumerate(errors) if e is None]), bad
 
 
 def register(app: typer.Typer) -> None:
