@@ -24,7 +24,7 @@ def serve(
 ):
     """Serve a model over HTTP: POST /predict (multipart field `file` or raw image body; ?map=png adds the anomaly
     map), GET /health, GET /metrics. SIGTERM / Ctrl-C answer the requests in flight, then exit 0."""
-    from anomalens.deploy.serve import require_serve_deps
+    from anomalens.deploy.requirements import check_port_free, require_serve_deps
 
     require_serve_deps()  # one line naming `pip install anomalens[serve]` before torch is even imported
     if max_batch < 1:
@@ -39,6 +39,9 @@ def serve(
     from anomalens.settings import check_runtime_overrides, saved_settings
 
     check_runtime_overrides(settings, saved_settings(model_dir), where="serve --set")
+    if not model_dir.exists():
+        raise FileNotFoundError(f"no saved model at {model_dir}")
+    check_port_free(host, port)  # before the model loads and before the "serving on" line
     import anomalens
     from anomalens.deploy import serve as serving
 
