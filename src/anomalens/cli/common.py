@@ -64,15 +64,16 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {esc(message)}", highlight=False, soft_wrap=True)
 
 
-def calibrate_with_warnings(det, calib, fpr: float) -> None:
-    """`det.calibrate(calib, fpr)` with its warnings (e.g. too few images for the rate) as one console line each."""
+def calibrate_with_warnings(det, calib, fpr: float, context: str = "") -> None:
+    """`det.calibrate(calib, fpr)` with its warnings (e.g. too few images for the rate) as one console line each,
+    prefixed by `context` (the category or folder they concern)."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         det.calibrate(calib, fpr=fpr)
     for w in caught:
-        warn(str(w.message))
+        warn(f"{context}: {w.message}" if context else str(w.message))
 
 
 def parse_settings(items: Optional[List[str]]) -> dict:

@@ -51,7 +51,7 @@ def fit(
              "(add normal images or raise --holdout)")
     det.fit(train)
     if calib is not None:
-        calibrate_with_warnings(det, calib, fpr)
+        calibrate_with_warnings(det, calib, fpr, context=str(data) + (f" ({category})" if category else ""))
     det.save(out, overwrite=force)
     thr, cal = det.threshold_, getattr(det, "calibration_", None)
     calib_txt = (f"threshold {thr:.4f} from {cal['n_images']} held-out normals, empirical FPR {cal['fpr_empirical']:.3g}"

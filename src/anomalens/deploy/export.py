@@ -307,6 +307,8 @@ def export_onnx(model: Detector, path: Union[str, os.PathLike], input_size_hw: O
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed but N, by design
+                # strided slices (a pooling stride) are left unfolded: a note from the exporter, not a problem
+                warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1", category=UserWarning)
                 torch.onnx.export(graph, (example,), str(tmp), input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=axes,
                                   opset_version=opset, dynamo=False, do_constant_folding=True)
         finally:

@@ -69,6 +69,30 @@ def connect(address: Optional[str] = "auto") -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    with _no_token_notice():
+        return _connect(ray, address)
+
+
+class _DropTokenNotice(logging.Filter):
+    """Ray's notice that a local cluster uses its default token authentication (nothing to act on); its warning that
+    authentication is *disabled* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def _no_token_notice():
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    drop = _DropTokenNotice()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _connect(ray, address: Optional[str]) -> bool:
     if address in (None, "", "auto"):
         try:
             ray.init(address="auto", **QUIET)
@@ -321,6 +345,12 @@ def _ordered_and_quiet():
         data_log.setLevel(saved[2])
 
 
+def _no_actor_restarts() -> dict:
+    """Scorer actors are not restarted: Ray keeps their constructor arguments in the object store, where a restart
+    cannot count on them (its core_worker says so on the console); a failed run resumes from its log instead."""
+    return {"max_restarts": 0, "max_task_retries": 0}
+
+
 def _run(ray, paths: list[str], det, model_dir, device: str, settings: dict, threshold, num_actors: int,
          batch_size: int, read_batch_size: int, actor_num_cpus: float, read_num_cpus: float, overlays_dir,
          overlays_root=None) -> Iterator[Any]:
@@ -336,11 +366,17 @@ def _run(ray, paths: list[str], det, model_dir, device: str, settings: dict, thr
     ds = ray.data.from_items([{"path": p, "file": os.path.abspath(p)} for p in paths], override_num_blocks=n_blocks)
     ds = ds.map_batches(_read_batch, fn_kwargs={"transform": det.transform}, batch_size=read_batch_size,
                         batch_format="numpy", num_cpus=read_num_cpus)
-    ds = ds.map_batches(Scorer, fn_constructor_kwargs={
+    scorer = dict(fn_constructor_kwargs={
         "model_dir": str(Path(model_dir).resolve()), "device": device, "settings": settings, "threshold": threshold,
         "overlays_dir": str(Path(overlays_dir).resolve()) if overlays_dir else None,
         "overlays_root": str(overlays_root) if overlays_root else None},
         compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=actor_num_cpus, num_gpus=gpus)
+    with warnings.catch_warnings():  # Ray 2.5x deprecates these arguments without a named replacement yet
+        warnings.filterwarnings("ignore", message=r".*ray_remote_args.* is deprecated")
+        try:
+            ds = ds.map_batches(Scorer, **scorer, **_no_actor_restarts())
+        except TypeError:  # a Ray without them: its default restarts
+            ds = ds.map_batches(Scorer, **scorer)
     with _ordered_and_quiet():
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
