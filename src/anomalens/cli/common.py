@@ -148,3 +148,87 @@ def create_with_fallback(name: str, settings: dict):
     except anomalens.WeightsError as exc:
         warn(f"{exc}; continuing with a random-init backbone")
         return anomalens.create(name, **dict(settings, weights=None))
+
+
+# ----------------------------------------------------------------------------------------------- checks before torch
+# Every command validates its arguments with these first: an argument, --set, path or format error answers in a
+# fraction of a second, before torch (seconds to import) is loaded.
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hpu", "xla", "meta")
+
+
+def check_device(device: str) -> None:
+    """The device string's form (CUDA's presence is checked later, by torch)."""
+    import re
+
+    if not re.fullmatch(rf"auto|(?:{'|'.join(_DEVICE_TYPES)})(?::\d+)?", str(device).strip().lower()):
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_choice(value: str, choices, flag: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def require_path(path, what: str, folder: bool = False) -> None:
+    """FileNotFoundError naming `path` (and what it should have been) when it is missing."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    if folder and not p.is_dir():
+        raise NotADirectoryError(f"{what} is not a folder: {p}")
+
+
+def require_model_dir(path) -> None:
+    """A saved model's folder (config.json of an anomalens model + model.safetensors), read as JSON only."""
+    from ..outputs import MODEL_CONFIG, MODEL_TENSORS, is_model_dir
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no saved model at {p}")
+    if not (p / MODEL_CONFIG).is_file() or not (p / MODEL_TENSORS).is_file():
+        raise ValueError(f"{p} is not an anomalens model directory (needs {MODEL_CONFIG} and {MODEL_TENSORS})")
+    if not is_model_dir(p):
+        raise ValueError(f"{p / MODEL_CONFIG} is not an anomalens model config")
+
+
+def require_inputs(items, what: str = "image") -> None:
+    """Each file / folder argument exists (glob patterns are expanded later, where an empty match is an error)."""
+    for item in items:
+        s = str(item)
+        if not any(ch in s for ch in "*?[") and not Path(s).exists():
+            raise FileNotFoundError(f"{what} path not found: {s}")
+
+
+def check_model_settings(model: str, settings: dict) -> None:
+    """A known model name and setting names that model has, from the source catalogue (no torch). Values are
+    checked by the model itself."""
+    from ..catalogue import model_catalogue
+
+    entries = {e.name: e for e in model_catalogue()}
+    entry = entries.get(model.lower().replace("-", "_"))
+    if entry is None:
+        raise ValueError(f"unknown model {model!r}; available: {', '.join(sorted(entries))}")
+    bad = sorted(set(settings) - set(entry.settings) - {"device"})
+    if "pretrained" in bad and "weights" in entry.settings:
+        raise ValueError(f"{entry.name}: the weights setting is spelled weights= (None = seeded random init, a tag, "
+                         "or a local file); CLI: --set weights=...")
+    if bad:
+        raise ValueError(f"{entry.name} has no setting(s) {bad}; valid: {sorted(entry.settings)}")
+    import numbers
+    import typing
+
+    from ..errors import SettingError
+    from ..settings import _in_range, conforms, describe
+
+    names = {k: getattr(typing, k) for k in ("Any", "Optional", "Union", "Literal", "Sequence", "Tuple", "List")}
+    for key, value in settings.items():
+        try:  # the annotation as written; one this check cannot read is left to the model's own check
+            tp = eval(entry.annotations[key], {"__builtins__": {}, "int": int, "float": float, "str": str,  # noqa: S307
+                                              "bool": bool, "list": list, "tuple": tuple, "None": None, **names})
+        except Exception:  # noqa: BLE001
+            tp = None
+        if tp is not None and not conforms(value, tp):
+            raise SettingError(f"{entry.name}: setting {key}={value!r} must be {describe(tp)} (got {type(value).__name__})")
+        spec = entry.ranges.get(key)
+        if spec is not None and isinstance(value, numbers.Real) and not isinstance(value, bool) and not _in_range(value, spec):
+            raise SettingError(f"{entry.name}: setting {key}={value!r} is out of range; expected a value in {spec}")

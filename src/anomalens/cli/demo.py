@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_HELP, FORCE_HELP, calibrate_with_warnings, console, create_with_fallback, esc, metrics_table, say,
+from .common import (DEVICE_HELP, FORCE_HELP, calibrate_with_warnings, check_device, console, create_with_fallback, esc, metrics_table, say,
                      split_holdout, user_errors, write_overlays)
 
 DEMO_FPR = 0.01  # asked-for false-positive rate; n held-out normals resolve 1 / n without a warning
@@ -26,6 +26,9 @@ def demo(
     """Write synthetic defect data, fit PatchCore per category, evaluate, save metrics + overlays, print a table."""
     from anomalens.outputs import claim, start_writing
 
+    check_device(device)
+    if n_train < 2:
+        raise ValueError(f"--n-train must be >= 2, got {n_train}")
     claim(files=[out / "metrics.json"], dirs=[out / "data", out / "overlays"])
     import anomalens
     from anomalens import metrics as _metrics

@@ -14,7 +14,12 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, console, metrics_table, open_dataset, parse_settings, say, user_errors
+from .common import (DEVICE_HELP, FORCE_HELP, SET_HELP, check_device, check_model_settings, console, metrics_table,
+                     open_dataset, parse_settings, require_path, say, user_errors)
+
+#: the ground-truth mask geometries of `anomalens.evaluation` (held equal by tests/test_fast_errors.py; read here
+#: without importing torch)
+MASK_GEOMETRIES = ("ours", "official")
 
 
 def model_setting_names(model: str) -> set[str]:
@@ -60,7 +65,6 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Fit per category on the train split (zero-shot models: only with --shots), evaluate on the test split."""
-    from anomalens.evaluation import MASK_GEOMETRIES
     from anomalens.outputs import claim
 
     if dataset not in ("mvtec", "visa"):
@@ -77,6 +81,9 @@ def evaluate(
             raise ValueError(f"--shots {shots} contradicts --set k_shot={user['k_shot']}; give one of them")
         shots = user["k_shot"]
     user["device"] = device
+    check_device(device)
+    check_model_settings(model, user)
+    require_path(root, "dataset root", folder=True)
     claim(files=[out / "metrics.json", out / "metrics.csv"])
     import anomalens
     from anomalens import metrics as _metrics

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import typer
 
-from .common import console, say, user_errors
+from .common import console, require_model_dir, say, user_errors
 
 
 @user_errors
@@ -24,6 +24,7 @@ def export(
 
     if out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx, got {out}")
+    require_model_dir(model_dir)
     check_outputs(files=[out, out.with_suffix(".json")])
     import torch
 

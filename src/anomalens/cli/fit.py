@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DEVICE_HELP, RANDOM_INIT_TAG, SET_HELP, calibrate_with_warnings, console, esc, open_dataset, parse_settings,
+from .common import (DEVICE_HELP, RANDOM_INIT_TAG, SET_HELP, calibrate_with_warnings, check_choice, check_device,
+                     check_model_settings, console, esc, open_dataset, parse_settings, require_path,
                      split_holdout, user_errors, warn)
 
 
@@ -33,6 +34,17 @@ def fit(
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
     settings = parse_settings(setting) | {"device": device}
+    check_device(device)
+    check_model_settings(model, settings)
+    check_choice(dataset, ("folder", "mvtec", "visa"), "--dataset")
+    if dataset != "folder" and category is None:
+        raise ValueError(f"--category is required for --dataset {dataset}")
+    require_path(data, "normal image folder" if dataset == "folder" else "dataset root", folder=True)
+    if dataset == "folder":
+        from anomalens.data.image_io import is_image_file
+
+        if not any(is_image_file(p) and not p.name.startswith(".") for p in data.iterdir() if p.is_file()):
+            raise ValueError(f"no images found in normal image folder {data}")
     check_save_target(out, overwrite=force)  # before any work: never fit for minutes, then refuse to save
     import anomalens
 

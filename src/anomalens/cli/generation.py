@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, console, esc, say, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, check_device, console, esc, require_inputs, require_path, say, user_errors
 
 
 @user_errors
@@ -29,6 +29,8 @@ def train_generator(
     """Train the anomaly embedding + spatial encoder and the mask model on the first third of one defect type."""
     from anomalens.outputs import claim
 
+    check_device(device)
+    require_path(root, "dataset root", folder=True)
     claim(dirs=[out])
     from anomalens.generation import train
 
@@ -56,6 +58,11 @@ def generate(
     """Generate N defect images with pixel masks, written as an MVTec-layout test set."""
     from anomalens.outputs import claim
 
+    check_device(device)
+    require_path(gen_dir, "generator folder", folder=True)
+    require_inputs(normal_images, "normal image")
+    if masks:
+        require_inputs(masks, "mask")
     claim(dirs=[out])
     from anomalens.generation.generate import generate_dataset
 
@@ -84,6 +91,11 @@ def evaluate_generator(
 
     from anomalens.outputs import claim
 
+    check_device(device)
+    require_path(gen_dir, "generator folder", folder=True)
+    require_path(root, "dataset root", folder=True)
+    if generated is not None:
+        require_path(generated, "generated data set (--generated)", folder=True)
     claim(files=[out / "generator_eval.json"], dirs=[] if generated is not None else [out / "generated"])
     from anomalens.generation.evaluate import evaluate_generator as run
 

@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, console, err_console, esc, parse_settings, say, user_errors
+from .common import (DEVICE_HELP, FORCE_HELP, RANDOM_INIT_TAG, check_device, console, err_console, esc, parse_settings,
+                     require_inputs, require_model_dir, say, user_errors)
 
 
 @user_errors
@@ -37,7 +38,10 @@ def predict(
     if fmt not in ("csv", "json"):
         raise ValueError(f"--format must be csv or json, got {fmt!r}")
     settings = parse_settings(setting)
+    check_device(device)
+    require_model_dir(model_dir)
     check_runtime_overrides(settings, saved_settings(model_dir), where="predict --set")
+    require_inputs(images)
     claim(files=[out / name for name in predict_outputs(fmt, ray is not None)], dirs=[out / "overlays"] if overlays else [])
     import anomalens
     if ray is not None:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, RANDOM_INIT_TAG, err_console, esc, parse_settings, user_errors
+from .common import DEVICE_HELP, RANDOM_INIT_TAG, check_device, err_console, esc, parse_settings, require_model_dir, user_errors
 
 
 @user_errors
@@ -39,8 +39,8 @@ def serve(
     from anomalens.settings import check_runtime_overrides, saved_settings
 
     check_runtime_overrides(settings, saved_settings(model_dir), where="serve --set")
-    if not model_dir.exists():
-        raise FileNotFoundError(f"no saved model at {model_dir}")
+    check_device(device)
+    require_model_dir(model_dir)
     check_port_free(host, port)  # before the model loads and before the "serving on" line
     import anomalens
     from anomalens.deploy import serve as serving

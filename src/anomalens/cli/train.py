@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, parse_settings, say, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, check_choice, check_device, parse_settings, require_path, say, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -35,13 +35,16 @@ def register(app: typer.Typer) -> None:
         """Train CLIP-AD SDP+ stage linears (frozen CLIP tokens cached once, focal + dice, Adam, per-epoch checkpoints)."""
         from anomalens.outputs import claim
 
+        check_choice(dataset, ("mvtec", "visa"), "--dataset")
+        check_device(device)
+        require_path(root, "dataset root", folder=True)
+        if val_root is not None:
+            require_path(val_root, "validation dataset root (--val-root)", folder=True)
         claim(dirs=[out])
         import anomalens
         from anomalens.models.clipad.training import PAPER_SELECTION, train_adapters
 
         anomalens.resolve_device(device)
-        if dataset not in ("mvtec", "visa"):
-            raise ValueError(f"--dataset must be mvtec or visa, got {dataset!r}")
         report = train_adapters(root, out, dataset, categories=categories, val_root=val_root, val_dataset=val_dataset,
                                 val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                 device=device, resume=resume, **parse_settings(setting))
