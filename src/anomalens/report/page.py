@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..benchmark.summary import SHORT, cell, pct, summary_table
+from ..benchmark.summary import SHORT, backbone_note, cell, pct, summary_table
 from .svg import bar_chart, line_chart
 
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -103,8 +103,11 @@ def _summary_section(table: list[dict]) -> list[str]:
         out.append(f"<h3>{escape(t['setting'])} on {escape(t['dataset'])} "
                    f"<span class=\"muted\">(paper setting {escape(t['paper_setting'])}{escape(seeds)})</span></h3>")
         out.append(_random_init_note(t["random_init"]))
+        if backbone_note(t):
+            out.append(f'<p class="warn">{escape(backbone_note(t)[0].upper() + backbone_note(t)[1:])}.</p>')
         out.append(_table(["category", *[SHORT.get(k, k) for k in keys]],
-                          [[r["category"], *[cell(r, k) for k in keys]] for r in t["rows"]], mean_last=True))
+                          [[r["category"], *[cell(r, k, t.get("comparable", True)) for k in keys]] for r in t["rows"]],
+                          mean_last=True))
         cats = [r for r in t["rows"] if r["category"] != "mean"]
         out.append(bar_chart([r["category"] for r in cats],
                              [(SHORT[k], [r["ours"].get(k) for r in cats]) for k in BAR_KEYS],
