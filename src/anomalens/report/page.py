@@ -197,7 +197,10 @@ def render_predict(src: dict) -> str:
     thr = src["threshold"]
     body = [_random_init_note(src["random_init"]),
             f"<p>{len(preds)} images; threshold {'not set' if thr is None else f'{thr:.4g}'}"
-            + ("" if thr is None else f"; {int((scores > thr).sum())} flagged anomalous") + "</p>",
+            + ("" if thr is None else f"; {int((scores > thr).sum())} flagged anomalous")
+            + (f"; {len(src.get('unreadable', []))} unreadable, not scored: "
+               + escape(", ".join(Path(p).name for p, _ in src["unreadable"][:5]))
+               + (" ..." if len(src["unreadable"]) > 5 else "") if src.get("unreadable") else "") + "</p>",
             line_chart([("share of images above threshold", t, flagged)], "threshold curve", "threshold (image score)",
                        "share flagged", vlines=[(thr, "thr")] if thr is not None else ()),
             "<h2>Scores (highest first)</h2>",
