@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # one subprocess runs the cases in order and says, per case, whether torch got imported and how long it took
 RUNNER = """

@@ -20,7 +20,7 @@ import torch
 
 from .data import DataLike, ImageDataset, ImageTransform, as_dataset, iter_batches
 from .device import resolve_device
-from .errors import DataError, ModelFormatError, NotFittedError, OutputExistsError, SettingError
+from .errors import DataError, ModelFormatError, NotFittedError, SettingError
 from .io import atomic_path, load_safetensors_mmap
 from .outputs import check_save_target, is_model_dir as _is_model_dir  # noqa: F401  (torch-free, shared with the CLI)
 from .settings import check_settings
