@@ -84,7 +84,7 @@ def test_every_command_leaves_a_users_files_alone(tmp_path, synthetic_root, fitt
         assert r.exit_code == 2, (name, r.output)
         # the refusal names the file, or the entry of the output folder that holds it
         assert any(str(p) in r.output for p in [user_file, *list(user_file.parents)[:3]]), (name, r.output)
-        assert "not written by anomalens" in r.output or "not an anomalens model" in r.output, (name, r.output)
+        assert "no anomalens run recorded writing it" in r.output or "not an anomalens model" in r.output, (name, r.output)
         assert len(r.output.strip().splitlines()) == 1, (name, r.output)
         assert user_file.read_bytes() == payload, name
 

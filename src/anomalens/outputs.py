@@ -113,8 +113,9 @@ def _dir_is_ours(folder: Path) -> bool:
 
 
 def _refusal(path: Path, what: str = "") -> OutputExistsError:
-    return OutputExistsError(f"{path} {what or 'already exists'} and was not written by anomalens; refusing to replace "
-                             "it (choose another output, or pass --force to replace it)")
+    # "recorded": an output of an anomalens older than the manifest is not known as one either (--force takes it)
+    return OutputExistsError(f"{path} {what or 'already exists'} and no anomalens run recorded writing it; refusing to "
+                             "replace it (choose another output, or pass --force to replace it)")
 
 
 def check_outputs(files: Iterable[PathLike] = (), dirs: Iterable[PathLike] = (), force: Optional[bool] = None) -> None:
