@@ -368,3 +368,31 @@ def test_patchcore_low_shot_preset_draws_seeded_shots_and_meets_table_s5(synthet
     # the published mean applies only when every MVTec category is in the run
     assert published_mean("patchcore", "coreset10-2shot", "mvtec", list(MVTEC_CATEGORIES), "image_auroc") == pytest.approx(0.864)
     assert published_mean("patchcore", "coreset10-2shot", "mvtec", ["bottle"], "image_auroc") is None
+
+
+def test_another_backbone_than_the_papers_is_said_next_to_the_paper_columns():
+    """Issue 19 item 10: summary.md, summary.csv and the HTML report say which backbone ran and mark the paper
+    columns as not comparable when it is not the paper's (not only manifest.json)."""
+    from anomalens.benchmark.summary import paper_backbone, summary_csv, summary_markdown, summary_table
+    from anomalens.report.page import _summary_section
+
+    def recs(backbone):
+        out = [_fake_record("patchcore", "patchcore", "coreset10", c, {"image_auroc": v}) for c, v in (("bottle", 0.99), ("cable", 0.95))]
+        for r in out:
+            r["model"], r["settings"] = "patchcore", {"backbone": backbone}
+        return out
+
+    paper = paper_backbone(recs("x")[0])
+    assert paper  # the paper setting names its backbone (the model's default)
+    same, other = summary_table(recs(paper))[0], summary_table(recs("tf_efficientnet_lite0"))[0]
+    assert same["comparable"] and not other["comparable"]
+    md_same, md_other = summary_markdown([same]), summary_markdown([other])
+    assert "not comparable" not in md_same and "tf_efficientnet_lite0" not in md_same
+    head = next(line for line in md_other.splitlines() if line.startswith("## "))
+    assert "tf_efficientnet_lite0" in head and paper in head and "not comparable" in head
+    assert "(paper 99.4, not comparable" in md_other and "-4.4" not in md_other
+    rows = {r["category"]: r for r in csv.DictReader(io.StringIO(summary_csv([other])))}
+    assert rows["cable"]["comparable_with_paper"] == "False" and rows["cable"]["image_auroc_paper_diff"] == ""
+    assert rows["cable"]["backbone"] == "tf_efficientnet_lite0" and rows["cable"]["paper_backbone"] == paper
+    html = "".join(_summary_section([other]))  # the HTML report's summary section of a benchmark run
+    assert "tf_efficientnet_lite0" in html and "not comparable" in html

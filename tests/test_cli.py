@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -215,7 +216,9 @@ def test_predict_overlays_show_the_whole_original_image_and_the_verdict(tmp_path
     assert np.array_equal(pngs["1e9"][header:], pngs["-1e9"][header:])
 
 
-def test_fit_refuses_bad_training_data_naming_the_file(tmp_path):
+def test_fit_skips_unreadable_training_images_and_records_them(tmp_path):
+    """Issue 19 item 8: like predict, fit skips an unreadable image, names it in one line and records it with the
+    model; --strict keeps the refusal (naming the file); a folder with no readable image is one line about that."""
     import numpy as np
     from PIL import Image
 
@@ -224,13 +227,30 @@ def test_fit_refuses_bad_training_data_naming_the_file(tmp_path):
     for i in range(4):
         Image.fromarray(np.full((32, 48, 3), 90 + i, np.uint8)).save(good / f"{i}.png")
     (good / "broken.png").write_bytes(b"\x89PNG not really")
-    r = runner.invoke(app, ["fit", str(good), "-o", str(tmp_path / "m"), "--device", "cpu", *TINY])
-    assert r.exit_code == 2 and "broken.png" in r.output and "Traceback" not in r.output
-    (good / "broken.png").unlink()
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(good / "dot.png")
     r = runner.invoke(app, ["fit", str(good), "-o", str(tmp_path / "m"), "--device", "cpu", *TINY])
-    assert r.exit_code == 2 and "dot.png" in r.output and "too small" in r.output
-    assert not (tmp_path / "m").exists()
+    assert r.exit_code == 0, r.output
+    line = [ln for ln in r.output.splitlines() if "skipped" in ln]
+    assert len(line) == 1 and "broken.png" in line[0] and "dot.png" in line[0] and "Traceback" not in r.output
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["skipped"]
+    assert sorted(Path(s["path"]).name for s in saved) == ["broken.png", "dot.png"] and all(s["reason"] for s in saved)
+    assert "4 training images" in r.output or "3 training images" in r.output
+    for name, needle in (("broken.png", "broken.png"), ("dot.png", "too small")):
+        only = tmp_path / f"only_{name}"
+        only.mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((32, 48, 3), 90 + i, np.uint8)).save(only / f"{i}.png")
+        (only / name).write_bytes((good / name).read_bytes())
+        r = runner.invoke(app, ["fit", str(only), "-o", str(tmp_path / "s"), "--device", "cpu", "--strict", *TINY])
+        assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output  # the refusal, no holdout warning before it
+    assert not (tmp_path / "s").exists()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"{i}.png").write_text("not an image")
+    r = runner.invoke(app, ["fit", str(junk), "-o", str(tmp_path / "j"), "--device", "cpu", *TINY])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "none of the 3 files" in r.output, r.output
 
 
 def test_random_init_is_labelled_in_every_output(tmp_path, synthetic_root):

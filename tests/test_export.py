@@ -93,6 +93,36 @@ def test_onnx_runs_in_onnxruntime_alone(tmp_path, synthetic_root, train_dir):
     np.testing.assert_allclose(np.load(tmp_path / "score.npy"), ref, rtol=0, atol=RTOL * np.abs(ref).max())
 
 
+def test_onnx_model_class_imports_and_runs_without_torch(tmp_path, synthetic_root, train_dir):
+    """Issue 19 item 11: `anomalens.deploy.export.OnnxModel` in an interpreter where torch cannot even be imported."""
+    from pathlib import Path
+
+    model = tiny_patchcore().fit(train_dir)
+    path = export_onnx(model, tmp_path / "pc.onnx")
+    images = str(synthetic_root / "weave" / "test" / "hole")
+    np.save(tmp_path / "x.npy", transformed(model, images).numpy())
+    code = (
+        "import sys, numpy as np\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is not installed here')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from anomalens.deploy.export import OnnxModel\n"
+        f"m = OnnxModel({str(path)!r})\n"
+        f"score, amap = m.run(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"np.save({str(tmp_path / 'score.npy')!r}, score)\n"
+        "print(m.input_size, m.threshold, 'torch' in sys.modules)\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ,
+                                                                                        "PYTHONPATH": src})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == "False"
+    ref = model.predict(images).image_scores
+    np.testing.assert_allclose(np.load(tmp_path / "score.npy"), ref, rtol=0, atol=RTOL * np.abs(ref).max())
+
+
 def test_ensemble_needs_calibration_then_matches(tmp_path, synthetic_root, train_dir):
     model = tiny_patchcore(backbone=["resnet18", "resnet18"], layers=[["layer2", "layer3"], ["layer1", "layer2"]]).fit(train_dir)
     with pytest.raises(ExportError, match="calibrate"):

@@ -135,6 +135,19 @@ def test_cli_predict_ray(cluster, model_dir, folder, single, tmp_path):
     doc = json.loads((tmp_path / "o" / "predictions.json").read_text())
     rows = doc["predictions"]
     _assert_same_rows({row["path"]: {k: ("" if v is None else v) for k, v in row.items()} for row in rows}, single)
+    # one overlay per scored row, named in the row, with the names (and bytes) of the single-process runner
+    drawn = sorted((tmp_path / "o" / "overlays").glob("*.png"))
+    assert sorted(str(tmp_path / "o" / "overlays" / os.path.basename(r["overlay"])) for r in rows if r["overlay"]) == \
+        [str(p) for p in drawn]
+    r1 = CliRunner().invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "s"), "--device", "cpu"])
+    assert r1.exit_code == 0, r1.output
+    import numpy as np
+    from PIL import Image
+
+    for p in drawn:  # same colours: the maps of the two runners differ by float noise only (<= 1 level of 255)
+        a = np.asarray(Image.open(p), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "s" / "overlays" / p.name), dtype=int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, p.name
 
 
 def test_actor_cpus_leave_room_for_reading():

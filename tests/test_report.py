@@ -172,3 +172,24 @@ def test_report_of_a_demo_folder(tmp_path):
     for v in m["metrics"].values():
         assert f"{100 * v:.1f}" in text
     assert f"{m['threshold']:.4g}" in text and "data:image/jpeg;base64," in html  # calibrated threshold, overlays
+
+
+def test_predictions_with_unreadable_images_are_reported(tmp_path):
+    """A predict folder whose CSV holds an unreadable image's row (empty score, the reason in `error`) is a report,
+    naming that image, not 'half-written or malformed'."""
+    import csv as _csv
+
+    from anomalens.deploy.stream import FIELDS
+
+    d = tmp_path / "p"
+    d.mkdir()
+    with open(d / "predictions.csv", "w", newline="") as fh:
+        w = _csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerow({"path": "a/good.png", "score": 0.25, "anomalous": "", "random_init": False, "error": "", "overlay": ""})
+        w.writerow({"path": "a/broken.png", "score": "", "anomalous": "", "random_init": False,
+                    "error": "DataError: corrupt or unreadable image", "overlay": ""})
+    r = runner.invoke(app, ["report", str(d), "-o", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    text = _text((tmp_path / "r.html").read_text())
+    assert "good.png" in text and "broken.png" in text and "unreadable" in text

@@ -295,3 +295,47 @@ def test_loopback_concurrent_clients_and_sigterm_drains(model, model_dir, images
             proc.kill()
             proc.wait()
         log.close()
+
+
+# ----------------------------------------------------------------------------------------------- issue 19, item 9
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (no pixel data: the service must refuse it before decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_every_error_has_one_shape_and_oversized_images_one_wording(model, recwarn):
+    import re
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(model)) as client:
+        for method, path, status in (("get", "/nope", 404), ("get", "/predict", 405), ("post", "/health", 405)):
+            r = getattr(client, method)(path)
+            assert r.status_code == status, (path, r.text)
+            assert set(r.json()) == {"error"} and path in r.json()["error"], r.text
+        texts = []
+        for side in (10_000, 20_000):  # 100 M pixels: over our limit; 400 M: also over PIL's bomb limit
+            r = client.post("/predict", content=png_header(side, side))
+            assert r.status_code == 413, (side, r.text)
+            texts.append(re.sub(r"[\d,]+ pixels is", "N pixels is", r.json()["error"]))
+            assert f"{side * side:,}" in r.json()["error"]
+        assert texts[0] == texts[1]
+    from PIL import Image
+
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_port_in_use_fails_in_one_line_before_serving(model_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = CliRunner().invoke(cli_app, ["serve", str(model_dir), "--port", str(port), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and str(port) in r.output and "serving" not in r.output

@@ -140,10 +140,11 @@ def test_cli_json_never_replaces_a_users_file(fitted, folder, tmp_path):
     (out / "predictions.json").write_text('{"mine": 1}')
     args = ["predict", str(model_dir), str(folder / "a"), "-o", str(out), "--format", "json", "--no-overlays"]
     r = runner.invoke(app, args)
-    assert r.exit_code == 2 and "--no-resume" in r.output
+    assert r.exit_code == 2 and "--force" in r.output and str(out / "predictions.json") in r.output
     assert (out / "predictions.json").read_text() == '{"mine": 1}' and sorted(p.name for p in out.iterdir()) == ["predictions.json"]
     assert runner.invoke(app, args).exit_code == 2  # still refused on a second try
-    assert runner.invoke(app, args + ["--no-resume"]).exit_code == 0
+    assert runner.invoke(app, args + ["--no-resume"]).exit_code == 2  # restarting its own run is not replacing a user's file
+    assert runner.invoke(app, args + ["--force"]).exit_code == 0
     assert "predictions" in json.loads((out / "predictions.json").read_text())
     assert runner.invoke(app, args).exit_code == 0  # its own output resumes
 

@@ -1,6 +1,8 @@
 """Overlays: colour ramp ordering, blend shape, ground-truth contour drawn on the mask border only."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -93,9 +95,86 @@ def test_random_init_overlays_say_so(tmp_path, monkeypatch):
                               render_overlay(img, amap, 0, 1, score=0.5))
     Image.fromarray(np.zeros((50, 80, 3), np.uint8)).save(tmp_path / "a.png")
     seen = []
-    monkeypatch.setattr(anomalens.viz, "save_overlay", lambda *a: seen.append(a[-1]))
+    monkeypatch.setattr(anomalens.viz, "save_overlay", lambda *a, **kw: seen.append(a[-1]))
     for flag in (True, False):
         pred = Prediction(np.array([0.5]), np.zeros((1, 8, 8), np.float32), None, [str(tmp_path / "a.png")],
                           info={"random_init": flag}, original_sizes=[(50, 80)], geometry=ImageTransform(8, None))
         write_overlays(pred, None, tmp_path / "o")
-    assert seen == ["random-init backbone", ""]
+    assert "random-init backbone" in seen[0] and "random-init" not in seen[1]
+    from anomalens.viz.files import PER_IMAGE_NOTE
+
+    assert all(PER_IMAGE_NOTE in note for note in seen)  # no calibrated scale: coloured per image, and said so
+
+
+# ---- issue 19: one overlay per image, never a collision; colours that mean the same thing on every image
+def test_overlay_names_never_collide_across_folders(tmp_path):
+    from anomalens.viz import overlay_name, overlay_root
+
+    a, b = tmp_path / "hazelnut" / "test", tmp_path / "transistor" / "test"
+    paths = [str(d / "good" / "000.png") for d in (a, b)] + [str(a / "good" / "000.jpg"), str(tmp_path / "x__y" / "z.png"),
+                                                           str(tmp_path / "x" / "y__z.png")]
+    for d in (a, b, tmp_path / "x__y", tmp_path / "x"):
+        d.mkdir(parents=True)
+    root = overlay_root([a, b, tmp_path / "x__y", tmp_path / "x"])
+    names = [overlay_name(p, root) for p in paths]
+    assert len(set(names)) == len(paths) and all(n.endswith(".png") and "/" not in n for n in names)
+    assert overlay_name(paths[0], overlay_root([a])) == "good__000.png"  # one folder: as short as before
+
+
+def test_predict_two_folders_one_overlay_per_row(tmp_path, synthetic_root):
+    """Two folders with the same file names (good/000.png ...): one overlay per image, named in each row."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from anomalens.cli import app
+    from conftest import tiny_patchcore
+
+    det = tiny_patchcore().fit(str(synthetic_root / "weave" / "train" / "good"))
+    model = det.save(tmp_path / "m")
+    dirs = [str(synthetic_root / c / "test") for c in ("weave", "disc")]
+    r = CliRunner().invoke(app, ["predict", str(model), *dirs, "-o", str(tmp_path / "o"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "o" / "predictions.csv", newline="")))
+    drawn = sorted((tmp_path / "o" / "overlays").glob("*.png"))
+    assert len(drawn) == len(rows) == len({r["path"] for r in rows})
+    assert sorted(r["overlay"] for r in rows) == sorted(str(p.relative_to(tmp_path).as_posix()) for p in drawn) or \
+        sorted(os.path.abspath(r["overlay"]) for r in rows) == sorted(str(p) for p in drawn)
+
+
+def _same_image_in_two_batches(tmp_path, synthetic_root, det):
+    from anomalens.viz import write_overlays
+
+    test = synthetic_root / "weave" / "test"
+    target = sorted((test / "good").glob("*.png"))[0]
+    others = [sorted((test / "hole").glob("*.png"))[0], sorted((test / "good").glob("*.png"))[1]]
+    scale = (getattr(det, "calibration_", None) or {}).get("map_scale")
+    out = []
+    for k, other in enumerate(others):
+        pred = det.predict([str(target), str(other)])
+        files = write_overlays(pred, None, tmp_path / f"o{k}", root=test, scale=scale)
+        out.append(files[0].read_bytes())
+    return out
+
+
+def test_same_image_same_overlay_whatever_the_batch(tmp_path, synthetic_root):
+    from anomalens.data import MVTecAD
+    from conftest import tiny_patchcore
+
+    det = tiny_patchcore().fit(MVTecAD(synthetic_root, "weave", "train"))
+    a, b = _same_image_in_two_batches(tmp_path / "uncal", synthetic_root, det)  # uncalibrated: per-image scale
+    assert a == b
+    det.calibrate(str(synthetic_root / "weave" / "test" / "good"), fpr=0.25)
+    scale = det.calibration_["map_scale"]
+    assert scale["low"] < scale["threshold"] == det.threshold_ < scale["high"]
+    a, b = _same_image_in_two_batches(tmp_path / "cal", synthetic_root, det)  # calibrated: the model's fixed scale
+    assert a == b
+
+
+def test_fixed_scale_marks_the_threshold_and_per_image_scale_says_so():
+    from anomalens.viz import render_overlay
+
+    img, amap = np.full((50, 80, 3), 0.5), np.linspace(0, 1, 50 * 80).reshape(50, 80)
+    plain = render_overlay(img, amap, 0, 1, score=0.5, threshold=0.6)
+    marked = render_overlay(img, amap, 0, 1, score=0.5, threshold=0.6, mark=0.6)
+    assert not np.array_equal(plain, marked)

@@ -21,6 +21,10 @@ class CatalogueEntry:
     description: str = ""
     paper: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    #: each setting's annotation as written in `__init__` (source text) and the class's `setting_ranges`, so the CLI
+    #: checks --set values before torch is imported (the model checks them again when built)
+    annotations: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, str] = field(default_factory=dict)
 
 
 def _literal(node: ast.AST) -> Any:
@@ -40,6 +44,27 @@ def _init_defaults(cls: ast.ClassDef) -> dict[str, Any]:
     return {}
 
 
+def _init_annotations(cls: ast.ClassDef) -> dict[str, str]:
+    for item in cls.body:
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            args = item.args.args[1:] + item.args.kwonlyargs
+            return {a.arg: ast.unparse(a.annotation) for a in args if a.annotation is not None}
+    return {}
+
+
+def _class_ranges(cls: ast.ClassDef) -> dict[str, str]:
+    for item in cls.body:
+        target = item.target if isinstance(item, ast.AnnAssign) else (item.targets[0] if isinstance(item, ast.Assign) else None)
+        if getattr(target, "id", None) == "setting_ranges" and item.value is not None:
+            value = _literal(item.value)
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
+#: ranges every detector inherits (anomalens.detector.Detector.setting_ranges; tests/test_fast_errors.py holds them equal)
+BASE_RANGES = {"batch_size": "[1, inf)"}
+
+
 def _entries_in(path: Path) -> list[CatalogueEntry]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     out = []
@@ -50,7 +75,8 @@ def _entries_in(path: Path) -> list[CatalogueEntry]:
             if isinstance(deco, ast.Call) and getattr(deco.func, "id", getattr(deco.func, "attr", "")) == "register_model":
                 kw = {k.arg: _literal(k.value) for k in deco.keywords if k.arg}
                 name = _literal(deco.args[0]) if deco.args else kw.get("name", node.name.lower())
-                out.append(CatalogueEntry(name, kw.get("description", ""), kw.get("paper", ""), _init_defaults(node)))
+                out.append(CatalogueEntry(name, kw.get("description", ""), kw.get("paper", ""), _init_defaults(node),
+                                          _init_annotations(node), BASE_RANGES | _class_ranges(node)))
     return out
 
 

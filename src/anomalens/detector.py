@@ -22,8 +22,9 @@ import torch
 from .data import DataLike, ImageDataset, ImageTransform, as_dataset, iter_batches
 from .data.geometry import Frame, Tiler, auto_geometry, build_frame
 from .device import resolve_device
-from .errors import DataError, ModelFormatError, NotFittedError, OutputExistsError, SettingError
+from .errors import DataError, ModelFormatError, NotFittedError, SettingError
 from .io import atomic_path, load_safetensors_mmap
+from .outputs import check_save_target, is_model_dir as _is_model_dir  # noqa: F401  (torch-free, shared with the CLI)
 from .settings import check_settings
 
 FORMAT_NAME = "anomalens-model"
@@ -371,6 +372,11 @@ class Detector:
         self.calibration_ = {"n_images": int(n), "fpr_requested": float(fpr),
                              "fpr_empirical": float(np.mean(pred.image_scores > self.threshold_)),
                              "fpr_achievable": float(achievable)}
+        from .viz.files import map_scale  # overlays colour every map of this model on this one scale
+
+        scale = map_scale(pred.anomaly_maps, self.threshold_)
+        if scale is not None:
+            self.calibration_["map_scale"] = scale
         return self
 
     def info(self) -> dict:
@@ -415,6 +421,7 @@ class Detector:
             "calibration": getattr(self, "calibration_", None),
             "state": {"geometry": getattr(self, "geometry_", None), **self._state_extra()},
             "random_init": self.random_init,
+            "skipped": getattr(self, "skipped_", []),  # unreadable training images left out (anomalens fit)
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
         with atomic_path(path) as tmp:
@@ -444,35 +451,6 @@ def check_fpr(fpr: float) -> None:
         raise SettingError(f"fpr must be a number in [0, 1), got {fpr!r}")
 
 
-def check_save_target(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse to save where files would be lost: a file, a non-empty folder that is not a model, or a model
-    folder holding other files; an existing model only with `overwrite` (CLI: --force)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise OutputExistsError(f"{path} is a file, not a model folder; choose another output path")
-    entries = sorted(p.name for p in path.iterdir())
-    if not entries:
-        return
-    if not _is_model_dir(path):
-        raise OutputExistsError(f"{path} is a non-empty folder that is not an anomalens model; refusing to replace it "
-                                "(choose a new or empty folder)")
-    others = [e for e in entries if e not in (CONFIG_FILE, TENSORS_FILE)]
-    if others:
-        raise OutputExistsError(f"model folder {path} also holds other files ({', '.join(others[:3])}"
-                                f"{', ...' if len(others) > 3 else ''}); refusing to replace it")
-    if not overwrite:
-        raise OutputExistsError(f"{path} already holds a saved model; pass overwrite=True (CLI: --force) to replace it")
-
-
-def _is_model_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _param_names(cls: type) -> list[str]:
     return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
 
@@ -480,7 +458,8 @@ def _param_names(cls: type) -> list[str]:
 def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any) -> Detector:
     """Load a model saved with `Detector.save`; tensors are memory-mapped, never unpickled.
 
-    `overrides` replace saved settings that only change how the model runs (batch_size, ...); unknown names are an error.
+    `overrides` replace saved settings that only change how the model runs (`settings.RUNTIME_SETTINGS`: batch_size,
+    device, ...); unknown names and fit-time settings (which the fitted state already fixed) are an error.
     """
     from .registry import get_entry
 
@@ -510,6 +489,9 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     unknown = sorted(set(overrides) - set(settings))
     if unknown:
         raise ModelFormatError(f"{entry.name} has no setting(s) {unknown}; valid: {sorted(settings)}")
+    from .settings import check_runtime_overrides
+
+    check_runtime_overrides(overrides, settings, "load()")
     check_settings(entry.cls, overrides)  # a bad override is the caller's, not the file's
     settings.update(overrides)
     try:
@@ -527,6 +509,7 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     model.fitted_ = True
     model.threshold_ = config.get("threshold")
     model.calibration_ = config.get("calibration")
+    model.skipped_ = config.get("skipped", [])
     return model
 
 

@@ -12,8 +12,14 @@ from typing import Any, Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it is renamed onto `path` (file or directory)."""
+    """Yield a temporary sibling path; on success it is renamed onto `path` (file or directory).
+
+    Under a guarded CLI command (`anomalens.outputs.guarded`) a file no anomalens run wrote is never replaced
+    (OutputExistsError naming it, before anything is written) and every file written is recorded."""
+    from .outputs import guard_replace, record_written
+
     path = Path(path)
+    guard_replace(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / "payload"
@@ -32,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             if path.is_dir():
                 raise IsADirectoryError(f"cannot overwrite directory {path} with a file")
             os.replace(target, path)
+            record_written([path])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -107,3 +107,36 @@ def check_settings(cls: type, values: dict[str, Any]) -> None:
         spec = ranges.get(key)
         if spec is not None and isinstance(value, numbers.Real) and not isinstance(value, bool) and not _in_range(value, spec):
             raise SettingError(f"{name}: setting {key}={value!r} is out of range; expected a value in {spec}")
+
+
+#: settings that change how a saved model runs, not what it computes: the only ones predict / serve / `load()` may
+#: override (everything else was fixed when the model was fitted). anomalens.deploy.stream keeps the same set for
+#: its run signature (tests/test_settings_runtime.py holds them equal).
+RUNTIME_SETTINGS = frozenset({"device", "batch_size", "feature_dir", "cache_dir", "token_cache"})
+
+
+def check_runtime_overrides(overrides, saved: "dict | None" = None, where: str = "predict / serve") -> None:
+    """Refuse (SettingError, one line) an override of a fit-time setting: it would be accepted and change nothing
+    (the fitted state was built with the saved value), or silently change what a calibrated threshold means."""
+    fit_time = sorted(k for k in overrides if k not in RUNTIME_SETTINGS)
+    if not fit_time:
+        return
+    key = fit_time[0]
+    allowed = ", ".join(sorted(RUNTIME_SETTINGS & set(saved)) if saved else sorted(RUNTIME_SETTINGS))
+    if saved and key not in saved:
+        raise SettingError(f"the saved model has no setting {key}; {where} can change the run-time settings {allowed}")
+    was = f" (the model was fitted with {key}={saved[key]!r})" if saved else ""
+    raise SettingError(f"{key} is a fit-time setting{was}; {where} can only change the run-time settings {allowed} "
+                       f"(refit with `anomalens fit --set {key}=...` to change it)")
+
+
+def saved_settings(model_dir) -> "dict | None":
+    """The settings in a saved model's config.json (read as JSON: no torch), or None when unreadable."""
+    import json
+    from pathlib import Path
+
+    try:
+        s = json.loads((Path(model_dir) / "config.json").read_text()).get("settings")
+        return s if isinstance(s, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -77,23 +77,41 @@ def split_overrides(overrides: Optional[dict], methods: Sequence[str]) -> tuple[
     return common, per
 
 
+def _catalogue() -> dict[str, set[str]]:
+    """Built-in models and their settings read from source (no torch: a fully resumed run never imports it)."""
+    from ..catalogue import model_catalogue
+
+    return {e.name: set(e.settings) for e in model_catalogue()}
+
+
 def _valid_settings(model: str) -> set[str]:
     import inspect
 
-    from ..registry import get_entry
+    built_in = _catalogue().get(model)
+    if built_in is not None:
+        return built_in
+    from ..registry import get_entry  # a model registered by the user: its class (imports torch)
 
     entry = get_entry(model)
     return {k for k in inspect.signature(entry.cls.__init__).parameters if k != "self"}
 
 
+def _is_model(name: str) -> bool:
+    if name in _catalogue():
+        return True
+    from ..registry import list_models
+
+    return name in list_models()
+
+
 def plan_jobs(dataset: str, methods: Sequence[str], categories: Sequence[str], shots: Optional[Sequence[int]] = None,
               seeds: Sequence[int] = (0,), overrides: Optional[dict] = None, device: str = "auto") -> list[Job]:
     """Every (run, category) job, settings resolved; unknown methods or settings fail here, before any work."""
-    from ..registry import list_models
-
     presets = [get_preset(m) for m in methods]
-    missing = [p.model for p in presets if p.model not in list_models()]
+    missing = [p.model for p in presets if not _is_model(p.model)]
     if missing:
+        from ..registry import list_models
+
         raise AnomalensError(f"model(s) {missing} not registered in this anomalens (available: {', '.join(list_models())})")
     common, per = split_overrides(overrides, methods)
     valid = {p.name: _valid_settings(p.model) for p in presets}
@@ -125,14 +143,14 @@ def plan_jobs(dataset: str, methods: Sequence[str], categories: Sequence[str], s
 
 def dataset_categories(dataset: str, root: Path, categories: Optional[Sequence[str]] = None) -> list[str]:
     """The categories to run: all under `root`, or the named ones (each checked to exist)."""
-    from ..data import MVTecAD, VisA
+    from ..data.layout import mvtec_categories, visa_categories  # no torch: a fully resumed run never imports it
 
     if dataset not in DATASETS:
         raise DataError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
-    have = MVTecAD.categories(root) if dataset == "mvtec" else VisA.categories(root)
+    have = mvtec_categories(root) if dataset == "mvtec" else visa_categories(root)
     if not categories:
         return list(have)
     missing = [c for c in categories if c not in have]
@@ -303,11 +321,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _manifest(out: Path, dataset: str, root: Path, jobs: list[Job], seeds, overrides, device: str) -> dict:
-    from ..device import resolve_device
-
+def _manifest(out: Path, dataset: str, root: Path, jobs: list[Job], seeds, overrides, device: str,
+              computes: bool = True) -> dict:
+    """The run's manifest; `computes=False` (every job done earlier) keeps the device it recorded: resolving one
+    would import torch for nothing."""
     path = out / "manifest.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
+    if computes or "device" not in old:
+        from ..device import resolve_device
+
+        resolved = str(resolve_device(device))
+    else:
+        resolved = old["device"]
     runs = {}
     for j in jobs:
         runs.setdefault(j.run, {"method": j.preset.name, "model": j.preset.model, "setting": j.setting, "shots": j.shots,
@@ -317,7 +342,7 @@ def _manifest(out: Path, dataset: str, root: Path, jobs: list[Job], seeds, overr
         "kind": RUN_KIND, "format_version": RESULT_FORMAT, "created": old.get("created", _now()), "updated": _now(),
         "dataset": dataset, "root": str(root), "categories": sorted({j.category for j in jobs}),
         "methods": sorted({j.preset.name for j in jobs}), "seeds": list(seeds), "overrides": overrides or {},
-        "device": str(resolve_device(device)), "versions": versions(), "runs": runs,
+        "device": resolved, "versions": versions(), "runs": runs,
         "invocations": old.get("invocations", []),
     }
 
@@ -350,7 +375,7 @@ def run_benchmark(dataset: str, root, methods: Sequence[str], out, categories: O
                             "use a new output folder (or delete that file)")
         else:
             reused.append(job)
-    manifest = _manifest(out, dataset, root, jobs, seeds, overrides, device)
+    manifest = _manifest(out, dataset, root, jobs, seeds, overrides, device, computes=bool(todo))
     invocation = {"started": _now(), "computed": [], "reused": [f"{j.run}/{j.category}" for j in reused]}
     manifest["invocations"].append(invocation)
     write_json(out / "manifest.json", manifest)

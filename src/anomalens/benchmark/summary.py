@@ -43,6 +43,32 @@ def _values(rec: dict) -> dict:
     return {**rec.get("metrics", {}), **rec.get("extra_metrics", {})}
 
 
+def paper_backbone(rec: dict) -> Optional[str]:
+    """The backbone of the paper run this record is compared with: its method preset's setting for the category, else
+    the model's default (read from source, no torch); None when neither names one."""
+    from ..catalogue import model_catalogue
+    from .presets import PRESETS
+
+    preset = PRESETS.get(rec.get("method", ""))
+    if preset is not None:
+        try:
+            b = preset.settings(rec["dataset"], rec["category"], int(rec.get("shots", 0) or 0)).get("backbone")
+        except Exception:  # noqa: BLE001 - a preset that cannot say: fall back to the model default
+            b = None
+        if b is not None:
+            return str(b)
+    defaults = {e.name: e.settings for e in model_catalogue()}.get(rec.get("model", rec.get("method", "")), {})
+    return None if defaults.get("backbone") is None else str(defaults["backbone"])
+
+
+def backbone_note(t: dict) -> str:
+    """'' when the run used the paper's backbone, else one sentence saying what ran instead."""
+    if t.get("comparable", True):
+        return ""
+    return (f"backbone {t['backbone']} (the paper: {t['paper_backbone']}): the paper columns are not comparable "
+            "with these numbers")
+
+
 def summary_table(results: list[dict]) -> list[dict]:
     """One entry per setting: {setting, method, dataset, paper_setting, seeds, random_init, keys, rows}; each row
     {category, n, ours{k}, std{k}, paper{k}, official{k}} with a final 'mean' row."""
@@ -70,9 +96,13 @@ def summary_table(results: list[dict]) -> list[dict]:
         for s in SOURCES:
             mean[s] = {k: published_mean(published, pset, dataset, cats, k, s) for k in keys}
         rows.append(mean)
+        ran = sorted({str(r.get("settings", {}).get("backbone")) for r in recs if r.get("settings", {}).get("backbone")})
+        paper = sorted({b for b in (paper_backbone(r) for r in recs) if b})
+        comparable = not ran or not paper or ran == paper
         out.append({"setting": setting, "method": method, "dataset": dataset, "paper_setting": pset,
                     "seeds": sorted({r["seed"] for r in recs}), "random_init": any(r["random_init"] for r in recs),
-                    "keys": keys, "rows": rows})
+                    "keys": keys, "rows": rows, "backbone": ", ".join(ran) or None,
+                    "paper_backbone": ", ".join(paper) or None, "comparable": comparable})
     return out
 
 
@@ -85,7 +115,8 @@ def summary_csv(table: list[dict]) -> str:
     keys = []
     for t in table:
         keys += [k for k in t["keys"] if k not in keys]
-    cols = ["setting", "method", "dataset", "category", "n_runs", "random_init"]
+    cols = ["setting", "method", "dataset", "category", "n_runs", "random_init", "backbone", "paper_backbone",
+            "comparable_with_paper"]
     for k in keys:
         cols += [k, f"{k}_std", f"{k}_paper", f"{k}_paper_diff", f"{k}_official", f"{k}_official_diff"]
     buf = io.StringIO()
@@ -94,11 +125,15 @@ def summary_csv(table: list[dict]) -> str:
     fmt = lambda v: "" if v is None else f"{v:.6f}"
     for t in table:
         for row in t["rows"]:
-            line = [t["setting"], t["method"], t["dataset"], row["category"], row["n"], t["random_init"]]
+            comparable = t.get("comparable", True)
+            line = [t["setting"], t["method"], t["dataset"], row["category"], row["n"], t["random_init"],
+                    t.get("backbone") or "", t.get("paper_backbone") or "", comparable]
             for k in keys:
                 o = row["ours"].get(k)
                 p, f = row["paper"].get(k), row["official"].get(k)
-                line += [fmt(o), fmt(row["std"].get(k)), fmt(p), fmt(_diff(o, p)), fmt(f), fmt(_diff(o, f))]
+                # a difference across backbones means nothing: left empty (comparable_with_paper says why)
+                line += [fmt(o), fmt(row["std"].get(k)), fmt(p), fmt(_diff(o, p) if comparable else None), fmt(f),
+                         fmt(_diff(o, f) if comparable else None)]
             w.writerow(line)
     return buf.getvalue()
 
@@ -110,17 +145,18 @@ def pct(v: Optional[float], signed: bool = False) -> str:
     return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
 
 
-def cell(row: dict, k: str) -> str:
-    """'ours (paper, Δ)' in percent; official code in brackets when given."""
+def cell(row: dict, k: str, comparable: bool = True) -> str:
+    """'ours (paper, Δ)' in percent; official code in brackets when given; under another backbone than the paper's
+    the published numbers carry 'not comparable' instead of a difference."""
     o, p, f = row["ours"].get(k), row["paper"].get(k), row["official"].get(k)
     s = pct(o)
     if row["std"].get(k) is not None:
         s += f" ±{100 * row['std'][k]:.1f}"
     refs = []
     if p is not None:
-        refs.append(f"paper {pct(p)}, {pct(_diff(o, p), True)}")
+        refs.append(f"paper {pct(p)}, {pct(_diff(o, p), True) if comparable else 'not comparable'}")
     if f is not None:
-        refs.append(f"official {pct(f)}, {pct(_diff(o, f), True)}")
+        refs.append(f"official {pct(f)}, {pct(_diff(o, f), True) if comparable else 'not comparable'}")
     return s + (f" ({'; '.join(refs)})" if refs else "")
 
 
@@ -133,13 +169,15 @@ def summary_markdown(table: list[dict]) -> str:
     for t in table:
         keys = [k for k in t["keys"] if any(r["ours"].get(k) is not None for r in t["rows"])]
         tag = " — **random-init backbone: not comparable with the papers**" if t["random_init"] else ""
+        if backbone_note(t):
+            tag += f" — **{backbone_note(t)}**"
         seeds = f", seeds {', '.join(map(str, t['seeds']))}" if len(t["seeds"]) > 1 else ""
         lines += [f"## {t['setting']} on {t['dataset']} (paper setting `{t['paper_setting']}`{seeds}){tag}", "",
                   "| category | " + " | ".join(SHORT.get(k, k) for k in keys) + " |",
                   "|---|" + "---|" * len(keys)]
         for row in t["rows"]:
             name = f"**{row['category']}**" if row["category"] == "mean" else row["category"]
-            lines.append(f"| {name} | " + " | ".join(cell(row, k) for k in keys) + " |")
+            lines.append(f"| {name} | " + " | ".join(cell(row, k, t.get("comparable", True)) for k in keys) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, check_choice, check_device, parse_settings, require_path, say, user_errors
 
 
 @user_errors
@@ -21,16 +21,23 @@ def benchmark(
                                                 "or method.key=value for one (repeatable)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="run folder (re-run the same command to resume)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Run the methods in their paper settings; per-category JSON, summary.csv / summary.md; resumable."""
     from anomalens.benchmark import run_benchmark
     from anomalens.benchmark.runner import parse_int_list
+    from anomalens.outputs import claim
 
+    check_choice(dataset, ("mvtec", "visa"), "--dataset")
+    check_device(device)
     names = [m.strip() for m in methods.split(",") if m.strip()]
     seed_list = parse_int_list(seeds, "--seeds") or [0]
-    path = run_benchmark(dataset, root, names, out, categories, parse_int_list(shots, "--shots"), seed_list,
-                         parse_settings(setting), device, log=lambda msg: console.print(msg, highlight=False))
-    console.print(f"summary: {path} and {path.with_suffix('.md')}; HTML: anomalens report {out} -o report.html")
+    shot_list = parse_int_list(shots, "--shots")
+    require_path(root, "dataset root", folder=True)
+    claim(files=[out / "manifest.json", out / "summary.csv", out / "summary.md"], dirs=[out / "results"])
+    path = run_benchmark(dataset, root, names, out, categories, shot_list, seed_list,
+                         parse_settings(setting), device, log=say)
+    say(f"summary: {path} and {path.with_suffix('.md')}; HTML: anomalens report {out} -o report.html")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, user_errors
+from .common import say, user_errors
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Download and prepare the public benchmark datasets.")
 
@@ -20,8 +20,8 @@ def download(
     """Download (resuming a partial file), verify the published checksum, extract, check the layout."""
     from anomalens.data.download import prepare_dataset
 
-    path = prepare_dataset(name, root, convert=convert, log=lambda msg: console.print(msg, highlight=False))
-    console.print(f"{name} ready at {path}")
+    path = prepare_dataset(name, root, convert=convert, log=say)
+    say(f"{name} ready at {path}")
 
 
 def register(app: typer.Typer) -> None:

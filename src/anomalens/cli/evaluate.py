@@ -14,7 +14,12 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, SET_HELP, console, metrics_table, open_dataset, parse_settings, user_errors
+from .common import (DEVICE_HELP, FORCE_HELP, SET_HELP, check_device, check_model_settings, console, metrics_table,
+                     open_dataset, parse_settings, require_path, say, user_errors)
+
+#: the ground-truth mask geometries of `anomalens.evaluation` (held equal by tests/test_fast_errors.py; read here
+#: without importing torch)
+MASK_GEOMETRIES = ("ours", "official")
 
 
 def model_setting_names(model: str) -> set[str]:
@@ -54,15 +59,13 @@ def evaluate(
     seed: int = typer.Option(0, help="seed of the few-shot draw"),
     mask_geometry: str = typer.Option("ours", "--mask-geometry",
                                       help="ours (masks through the model's transform) | official (MuSc's official "
-                                           "code: bilinear resize, then == 1 on MVTec AD, > 0 on VisA)"),
+                                           "code: the 0/255 mask bilinear-resized, then == 255 on MVTec AD, > 0 on "
+                                           "VisA)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Fit per category on the train split (zero-shot models: only with --shots), evaluate on the test split."""
-    import anomalens
-    from anomalens import metrics as _metrics
-    from anomalens.data import MVTecAD, VisA
-    from anomalens.evaluation import MASK_GEOMETRIES
-    from anomalens.io import write_json, write_text
+    from anomalens.outputs import claim
 
     if dataset not in ("mvtec", "visa"):
         raise ValueError(f"--dataset must be mvtec or visa, got {dataset!r}")
@@ -78,6 +81,15 @@ def evaluate(
             raise ValueError(f"--shots {shots} contradicts --set k_shot={user['k_shot']}; give one of them")
         shots = user["k_shot"]
     user["device"] = device
+    check_device(device)
+    check_model_settings(model, user)
+    require_path(root, "dataset root", folder=True)
+    claim(files=[out / "metrics.json", out / "metrics.csv"])
+    import anomalens
+    from anomalens import metrics as _metrics
+    from anomalens.data import MVTecAD, VisA
+    from anomalens.io import write_json, write_text
+
     cats = list(categories or (MVTecAD.categories(root) if dataset == "mvtec" else VisA.categories(root)))
     rows, runs, rand = {}, {}, False
     for cat in cats:
@@ -98,7 +110,7 @@ def evaluate(
         runs[cat] = run
         rows[cat] = rep.metrics
         rand = rand or det.random_init
-        console.print(str(rep))
+        say(str(rep))
     table = _metrics.table(rows)
     zero_shot = all(r["fit"] == "zero-shot" for r in runs.values())
     write_json(out / "metrics.json", {"model": model, "dataset": dataset, "settings": user,

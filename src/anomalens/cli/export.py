@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import typer
 
-from .common import console, user_errors
+from .common import console, require_model_dir, say, user_errors
 
 
 @user_errors
@@ -20,17 +20,21 @@ def export(
     force: bool = typer.Option(False, "--force", help="replace an existing .onnx / .json"),
 ):
     """Export a fitted model to ONNX: input `image` (N,3,H,W), outputs `image_score` (N,) and `anomaly_map` (N,H,W)."""
+    from anomalens.outputs import check_outputs
+
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx, got {out}")
+    require_model_dir(model_dir)
+    check_outputs(files=[out, out.with_suffix(".json")])
     import torch
 
     import anomalens
     from anomalens.deploy.export import export_onnx, parity
 
-    if out.suffix != ".onnx":
-        raise ValueError(f"--out must end in .onnx, got {out}")
     det = anomalens.load(model_dir, device="cpu")
     path = export_onnx(det, out, input_size, opset=opset, source=str(model_dir.resolve()), overwrite=force)
     size_mb = path.stat().st_size / 2**20
-    console.print(f"exported {det.name} -> {path} ({size_mb:.1f} MiB) + {path.with_suffix('.json').name}", highlight=False)
+    say(f"exported {det.name} -> {path} ({size_mb:.1f} MiB) + {path.with_suffix('.json').name}")
     if check:
         from anomalens.deploy.export import input_size as graph_size
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, console, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, check_device, console, esc, require_inputs, require_path, say, user_errors
 
 
 @user_errors
@@ -24,12 +24,18 @@ def train_generator(
     seed: Optional[int] = typer.Option(None, "--seed", help="training seed (default 23)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue from GEN_DIR/checkpoint"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Train the anomaly embedding + spatial encoder and the mask model on the first third of one defect type."""
+    from anomalens.outputs import claim
+
+    check_device(device)
+    require_path(root, "dataset root", folder=True)
+    claim(dirs=[out])
     from anomalens.generation import train
 
     pipe = train(root, category, defect, out, config=config, steps=steps, seed=seed, device=device, resume=resume)
-    console.print(f"trained generator for {pipe.defects[0]} -> {out}")
+    say(f"trained generator for {pipe.defects[0]} -> {out}")
 
 
 @user_errors
@@ -50,11 +56,19 @@ def generate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Generate N defect images with pixel masks, written as an MVTec-layout test set."""
+    from anomalens.outputs import claim
+
+    check_device(device)
+    require_path(gen_dir, "generator folder", folder=True)
+    require_inputs(normal_images, "normal image")
+    if masks:
+        require_inputs(masks, "mask")
+    claim(dirs=[out])
     from anomalens.generation.generate import generate_dataset
 
     files = generate_dataset(gen_dir, normal_images, n, out, seed=seed, steps=steps, defect=defect, masks=masks,
                              force=force, device=device, batch_size=batch_size, use_aar=aar)
-    console.print(f"wrote {len(files)} image/mask pairs -> {out}")
+    say(f"wrote {len(files)} image/mask pairs -> {out}")
 
 
 @user_errors
@@ -70,17 +84,27 @@ def evaluate_generator(
     size: Optional[int] = typer.Option(None, "--size", help="downstream image size (default: the generator's)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """IS, IC-LPIPS and a downstream U-Net check (clean last-epoch protocol next to the paper's test-set pick)."""
     from rich.table import Table
 
+    from anomalens.outputs import claim
+
+    check_device(device)
+    require_path(gen_dir, "generator folder", folder=True)
+    require_path(root, "dataset root", folder=True)
+    if generated is not None:
+        require_path(generated, "generated data set (--generated)", folder=True)
+    claim(files=[out / "generator_eval.json"], dirs=[] if generated is not None else [out / "generated"])
     from anomalens.generation.evaluate import evaluate_generator as run
 
     rep = run(gen_dir, root, out, generated=generated, n=n, steps=steps, seed=seed, epochs=epochs, size=size,
               device=device)
     for name in ("inception_score", "ic_lpips"):
         v = rep[name]
-        console.print(f"{name}: {v:.4f}" if isinstance(v, float) else f"{name}: [yellow]{v}[/yellow]", highlight=False)
+        console.print(f"{name}: {v:.4f}" if isinstance(v, float) else f"{name}: [yellow]{esc(v)}[/yellow]", highlight=False,
+                      soft_wrap=True)
     ds = rep["downstream"]
     t = Table(title=f"downstream U-Net on real test images of {rep['defect']}")
     t.add_column("protocol")
@@ -90,7 +114,7 @@ def evaluate_generator(
     t.add_row(f"clean (last epoch {ds['epochs']})", *[f"{ds['clean'][k]:.3f}" for k in keys])
     t.add_row(f"paper (best on test, epoch {ds['best_epoch']})", *[f"{ds['paper'][k]:.3f}" for k in keys])
     console.print(t)
-    console.print(f"report -> {out / 'generator_eval.json'}")
+    say(f"report -> {out / 'generator_eval.json'}")
 
 
 def register(app: typer.Typer) -> None:

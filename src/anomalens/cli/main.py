@@ -11,6 +11,27 @@ import typer
 #: alphabetically (a new command group is a new module: no list to edit)
 FIRST = ("demo", "fit", "predict", "evaluate", "models")
 
+def _no_flag_metavar() -> None:
+    """typer's rich help shows a `<bool>` type next to every flag (`--version <bool>`), though a flag takes no value:
+    show nothing there instead."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - another typer layout: its own help stays
+        return
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_anomalens", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._anomalens = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_flag_metavar()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Industrial visual anomaly detection.")
 
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from .common import console
+from .common import console, err_console, esc
 
 
 def models(name: Optional[str] = typer.Argument(None, help="show one model's settings only")):
@@ -18,7 +18,8 @@ def models(name: Optional[str] = typer.Argument(None, help="show one model's set
     if name is not None:
         entries = [e for e in entries if e.name == name.lower().replace("-", "_")]
         if not entries:
-            console.print(f"[red]error:[/red] unknown model {name!r}; available: {', '.join(e.name for e in model_catalogue())}")
+            err_console.print(f"[red]error:[/red] {esc(f'unknown model {name!r}; available: ' + ', '.join(e.name for e in model_catalogue()))}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(2)
     t = Table(title="anomalens models  (set any of these with --set key=value)", show_lines=True)
     t.add_column("name", style="bold")

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DEVICE_HELP, SET_HELP, console, parse_settings, user_errors
+from .common import DEVICE_HELP, FORCE_HELP, SET_HELP, check_choice, check_device, parse_settings, require_path, say, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -30,24 +30,31 @@ def register(app: typer.Typer) -> None:
         setting: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + "; CLIP-AD's backbone, weights, ori_tap, rvs, ..."),
         device: str = typer.Option("auto", help=DEVICE_HELP),
         resume: bool = typer.Option(False, help="continue from the last finished epoch in OUT/checkpoints"),
+        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     ):
         """Train CLIP-AD SDP+ stage linears (frozen CLIP tokens cached once, focal + dice, Adam, per-epoch checkpoints)."""
+        from anomalens.outputs import claim
+
+        check_choice(dataset, ("mvtec", "visa"), "--dataset")
+        check_device(device)
+        require_path(root, "dataset root", folder=True)
+        if val_root is not None:
+            require_path(val_root, "validation dataset root (--val-root)", folder=True)
+        claim(dirs=[out])
         import anomalens
         from anomalens.models.clipad.training import PAPER_SELECTION, train_adapters
 
         anomalens.resolve_device(device)
-        if dataset not in ("mvtec", "visa"):
-            raise ValueError(f"--dataset must be mvtec or visa, got {dataset!r}")
         report = train_adapters(root, out, dataset, categories=categories, val_root=val_root, val_dataset=val_dataset,
                                 val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                 device=device, resume=resume, **parse_settings(setting))
         for h in report["history"]:
             v = h.get("validation", {}).get("mean", {})
             extra = f"  val image AUROC {v['image_auroc']:.4f}  pixel AUROC {v['pixel_auroc']:.4f}" if v else ""
-            console.print(f"epoch {h['epoch']}: loss {h['loss']:.4f}{extra}")
-        console.print(f"last epoch ({report['last']['epoch']}): {report['last']['path']}")
+            say(f"epoch {h['epoch']}: loss {h['loss']:.4f}{extra}")
+        say(f"last epoch ({report['last']['epoch']}): {report['last']['path']}")
         if report["best"]:
-            console.print(f"best on validation (epoch {report['best']['epoch']}, {report['best']['selected_by']}): {report['best']['path']}")
-        console.print(f"note: {PAPER_SELECTION}")
+            say(f"best on validation (epoch {report['best']['epoch']}, {report['best']['selected_by']}): {report['best']['path']}")
+        say(f"note: {PAPER_SELECTION}")
 
     app.add_typer(train_app, name="train")

@@ -6,7 +6,6 @@ image/mask size mismatch), each error naming the offending path.
 """
 from __future__ import annotations
 
-import csv
 import glob as _glob
 import os
 import warnings
@@ -171,11 +170,9 @@ class MVTecAD(ImageDataset):
     @staticmethod
     def categories(root: PathLike) -> list[str]:
         """Category folders under `root` (those with a train/ or test/ folder)."""
-        root = _require_dir(Path(root), "dataset root")
-        cats = sorted(d.name for d in root.iterdir() if d.is_dir() and ((d / "train").is_dir() or (d / "test").is_dir()))
-        if not cats:
-            raise DataError(f"no MVTec-style categories (folders with train/ or test/) in {root}")
-        return cats
+        from .layout import mvtec_categories
+
+        return mvtec_categories(root)
 
 
 class VisA(ImageDataset):
@@ -215,15 +212,9 @@ class VisA(ImageDataset):
 
     @staticmethod
     def _read_csv(root: Path, split_csv: PathLike) -> list[dict]:
-        path = Path(split_csv) if Path(split_csv).is_absolute() else root / split_csv
-        if not path.is_file():
-            raise DataError(f"VisA split file not found: {path} (expected split_csv/1cls.csv under the VisA root)")
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        need = {"object", "split", "label", "image", "mask"}
-        if not rows or not need.issubset(rows[0]):
-            raise DataError(f"{path} must have the columns {sorted(need)}")
-        return rows
+        from .layout import read_visa_csv
+
+        return read_visa_csv(root, split_csv)
 
     @staticmethod
     def categories(root: PathLike, split_csv: PathLike = "split_csv/1cls.csv") -> list[str]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import AnomalensError, DataError
 from ..io import atomic_path
+from ..viz.files import overlay_name, overlay_root
 from .stream import (ResultLog, StreamSummary, _labels, _prepend, calibration_note, finish_json, iter_image_paths,
                      load_for_model, new_paths, refuse_foreign_outputs)
 
@@ -68,6 +69,30 @@ def connect(address: Optional[str] = "auto") -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    with _no_token_notice():
+        return _connect(ray, address)
+
+
+class _DropTokenNotice(logging.Filter):
+    """Ray's notice that a local cluster uses its default token authentication (nothing to act on); its warning that
+    authentication is *disabled* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def _no_token_notice():
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    drop = _DropTokenNotice()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _connect(ray, address: Optional[str]) -> bool:
     if address in (None, "", "auto"):
         try:
             ray.init(address="auto", **QUIET)
@@ -113,7 +138,8 @@ def _read_batch(batch: dict, transform) -> dict:
             images.append(a.tobytes())
             shapes.append(a.shape)
             errors.append("")
-    return {"path": np.array(paths, dtype=object), "image": np.array(images, dtype=object),
+    return {"path": np.array(paths, dtype=object), "file": np.array([str(f) for f in batch["file"]], dtype=object),
+            "image": np.array(images, dtype=object),
             "shape": np.array(shapes, dtype=np.int64).reshape(len(paths), 3), "error": np.array(errors, dtype=object)}
 
 
@@ -121,13 +147,14 @@ class Scorer:
     """Ray actor: loads the saved model once, scores batches of transformed images with `stream.score_images`."""
 
     def __init__(self, model_dir: str, device: str, settings: dict, threshold: Optional[float],
-                 overlays_dir: Optional[str] = None):
+                 overlays_dir: Optional[str] = None, overlays_root: Optional[str] = None):
         import anomalens
 
         self.model = anomalens.load(model_dir, device=device, **settings)
         if threshold is not None:
             self.model.threshold_ = float(threshold)
         self.overlays_dir = Path(overlays_dir) if overlays_dir else None
+        self.overlays_root = overlays_root
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -150,10 +177,12 @@ class Scorer:
             if labels is not None:
                 label[rows] = labels.astype(np.int8)
             if self.overlays_dir is not None:
-                from ..cli.common import write_overlays
+                from ..viz.files import write_overlays
 
-                pred = Prediction(scores, maps, labels, [paths[i] for i in rows], info=self.model.info(), threshold=t)
-                write_overlays(pred, self.model.transform, self.overlays_dir)
+                files = [str(batch["file"][i]) for i in rows]  # absolute: an actor's cwd need not be the driver's
+                pred = Prediction(scores, maps, labels, files, info=self.model.info(), threshold=t)
+                write_overlays(pred, self.model.transform, self.overlays_dir, root=self.overlays_root,
+                               scale=(getattr(self.model, "calibration_", None) or {}).get("map_scale"))
         return {"path": np.array(paths, dtype=object), "score": score, "label": label,
                 "error": np.array([str(e) for e in batch["error"]], dtype=object)}
 
@@ -168,12 +197,13 @@ def actor_cpus(cluster_cpus: float, num_actors: int, read_num_cpus: float) -> fl
     return min(1.0, int(share * 100) / 100)
 
 
-def _rows(batch: dict, random_init: bool) -> list[dict]:
+def _rows(batch: dict, random_init: bool, overlay_path=None) -> list[dict]:
     rows = []
     for p, s, lab, err in zip(batch["path"], batch["score"], batch["label"], batch["error"]):
         err = str(err) or None
         rows.append({"path": str(p), "score": None if err else float(s), "random_init": random_init, "error": err,
-                     "anomalous": None if err or lab < 0 else bool(lab)})
+                     "anomalous": None if err or lab < 0 else bool(lab),
+                     "overlay": None if err or overlay_path is None else str(overlay_path(str(p)))})
     return rows
 
 
@@ -188,7 +218,8 @@ def _log_rows(path: Path) -> Iterator[dict]:
         for r in _csv.DictReader(fh):
             yield {"path": r["path"], "score": float(r["score"]) if r["score"] else None,
                    "anomalous": None if r["anomalous"] == "" else r["anomalous"] == "True",
-                   "random_init": r["random_init"] == "True", "error": r["error"] or None}
+                   "random_init": r["random_init"] == "True", "error": r["error"] or None,
+                   "overlay": r.get("overlay") or None}
 
 
 def log_to_parquet(log_path: Path, out_path: Path, chunk: int = 65536) -> Path:
@@ -197,7 +228,7 @@ def log_to_parquet(log_path: Path, out_path: Path, chunk: int = 65536) -> Path:
     import pyarrow.parquet as pq
 
     schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("anomalous", pa.bool_()),
-                        ("random_init", pa.bool_()), ("error", pa.string())])
+                        ("random_init", pa.bool_()), ("error", pa.string()), ("overlay", pa.string())])
     with atomic_path(out_path) as tmp:
         with pq.ParquetWriter(str(tmp), schema) as writer:
             buf: list[dict] = []
@@ -259,6 +290,8 @@ def predict_ray(
     paths = iter_image_paths(images)
     first = next(paths, None)  # a bad first argument fails before any file is touched
     log = ResultLog(log_path, run_signature(det), resume)
+    root = overlay_root(images) if overlays_dir else None  # overlay names: relative to the inputs' common folder
+    overlay_path = (lambda p: Path(overlays_dir) / overlay_name(p, root)) if overlays_dir else None
     summary = RaySummary(out_dir / PARQUET_FILE, n_resumed=log.n_resumed, random_init=det.random_init,
                          calibration_note=calibration_note(det, threshold is not None),
                          overlays=Path(overlays_dir) if overlays_dir else None)
@@ -270,8 +303,8 @@ def predict_ray(
             owns = connect(address)
             for batch in _run(ray, todo, det, model_dir, device, settings, threshold, num_actors,
                               int(batch_size or det.batch_size_for_predict), read_batch_size, actor_num_cpus,
-                              read_num_cpus, overlays_dir):
-                rows = _rows(batch, det.random_init)
+                              read_num_cpus, overlays_dir, root):
+                rows = _rows(batch, det.random_init, overlay_path)
                 log.append(rows)
                 summary.count(rows)
     finally:
@@ -312,8 +345,15 @@ def _ordered_and_quiet():
         data_log.setLevel(saved[2])
 
 
+def _no_actor_restarts() -> dict:
+    """Scorer actors are not restarted: Ray keeps their constructor arguments in the object store, where a restart
+    cannot count on them (its core_worker says so on the console); a failed run resumes from its log instead."""
+    return {"max_restarts": 0, "max_task_retries": 0}
+
+
 def _run(ray, paths: list[str], det, model_dir, device: str, settings: dict, threshold, num_actors: int,
-         batch_size: int, read_batch_size: int, actor_num_cpus: float, read_num_cpus: float, overlays_dir) -> Iterator[Any]:
+         batch_size: int, read_batch_size: int, actor_num_cpus: float, read_num_cpus: float, overlays_dir,
+         overlays_root=None) -> Iterator[Any]:
     """Ray Data pipeline: read tasks -> model actors; yields result batches (numpy dicts) in input order."""
     import ray.data
 
@@ -326,10 +366,17 @@ def _run(ray, paths: list[str], det, model_dir, device: str, settings: dict, thr
     ds = ray.data.from_items([{"path": p, "file": os.path.abspath(p)} for p in paths], override_num_blocks=n_blocks)
     ds = ds.map_batches(_read_batch, fn_kwargs={"transform": det.transform}, batch_size=read_batch_size,
                         batch_format="numpy", num_cpus=read_num_cpus)
-    ds = ds.map_batches(Scorer, fn_constructor_kwargs={
+    scorer = dict(fn_constructor_kwargs={
         "model_dir": str(Path(model_dir).resolve()), "device": device, "settings": settings, "threshold": threshold,
-        "overlays_dir": str(Path(overlays_dir).resolve()) if overlays_dir else None},
+        "overlays_dir": str(Path(overlays_dir).resolve()) if overlays_dir else None,
+        "overlays_root": str(overlays_root) if overlays_root else None},
         compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=actor_num_cpus, num_gpus=gpus)
+    with warnings.catch_warnings():  # Ray 2.5x deprecates these arguments without a named replacement yet
+        warnings.filterwarnings("ignore", message=r".*ray_remote_args.* is deprecated")
+        try:
+            ds = ds.map_batches(Scorer, **scorer, **_no_actor_restarts())
+        except TypeError:  # a Ray without them: its default restarts
+            ds = ds.map_batches(Scorer, **scorer)
     with _ordered_and_quiet():
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")

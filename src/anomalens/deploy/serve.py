@@ -48,26 +48,7 @@ UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 #: decoded size limit (a small compressed file can unpack to a huge image)
 MAX_PIXELS = 64_000_000
 LATENCY_WINDOW = 10_000
-INSTALL_HINT = "pip install 'anomalens[serve]'"
-
-
-def require_serve_deps() -> None:
-    """Import FastAPI, uvicorn and python-multipart, or raise one clear AnomalensError naming the extra to install."""
-    missing = [name for name, mods in (("fastapi", ("fastapi",)), ("uvicorn", ("uvicorn",)),
-                                       ("python-multipart", ("python_multipart", "multipart")))
-               if not any(_importable(m) for m in mods)]
-    if missing:
-        raise AnomalensError(f"anomalens serve needs {', '.join(missing)}: {INSTALL_HINT}")
-
-
-def _importable(module: str) -> bool:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-        return True
-    except ImportError:
-        return False
+from .requirements import INSTALL_HINT, _importable, require_serve_deps  # noqa: E402,F401  (torch-free, for the CLI)
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -79,9 +60,33 @@ class UploadError(Exception):
         self.status = status
 
 
+def too_many_pixels(label: str, pixels: int, max_pixels: int) -> UploadError:
+    """The one 413 of an image over the pixel limit, whatever its size (PIL's own decompression-bomb refusal of the
+    largest ones included)."""
+    return UploadError(413, f"{label}: image of {pixels:,} pixels is over the limit of {max_pixels:,} pixels")
+
+
+def _open_image(data: bytes, label: str, max_pixels: int):
+    """PIL's lazy open (header only) without its decompression-bomb warning; its bomb error (over 2 x
+    Image.MAX_IMAGE_PIXELS) becomes the same 413 as the service's own pixel limit."""
+    import re
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS))
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found.group(1)) if found else 2 * int(Image.MAX_IMAGE_PIXELS or 0) + 1
+            raise too_many_pixels(label, pixels, max_pixels) from None
+
+
 def decode_upload(data: bytes, name: Optional[str] = None, max_pixels: int = MAX_PIXELS):
-    """Bytes of an uploaded image -> 8-bit RGB PIL image, or UploadError: 400 empty / corrupt, 413 too many pixels,
-    415 not an image of a supported format, 422 too small to inspect."""
+    """Bytes of an uploaded image -> 8-bit RGB PIL image, or UploadError: 400 empty / corrupt, 413 too many pixels
+    (one wording whatever the size), 415 not an image of a supported format, 422 too small to inspect."""
     from PIL import Image, UnidentifiedImageError
 
     from ..data.image_io import to_rgb
@@ -91,14 +96,14 @@ def decode_upload(data: bytes, name: Optional[str] = None, max_pixels: int = MAX
     if not data:
         raise UploadError(400, "empty body: send an image as multipart field 'file' or as the raw request body")
     try:
-        img = Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS))
+        img = _open_image(data, label, max_pixels)
     except UnidentifiedImageError:
         raise UploadError(415, f"{label}: not an image of a supported format ({', '.join(UPLOAD_FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UploadError(400, f"{label}: corrupt or unreadable image: {exc}") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise UploadError(413, f"{label}: image of {w}x{h} px is over the limit of {max_pixels:,} pixels")
+        raise too_many_pixels(label, w * h, max_pixels)
     try:
         img.load()  # decode now: a truncated file fails here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -352,6 +357,24 @@ def create_app(
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
+
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """404 / 405 / ... answer {"error": ...} like every other error of the service."""
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no such endpoint: {request.method} {request.url.path} (POST /predict, GET /health, GET /metrics)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}" + (
+                f" (use {exc.headers.get('allow')})" if exc.headers and exc.headers.get("allow") else "")
+        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error(422, f"invalid request: {exc.errors()}")
 
     @app.middleware("http")
     async def count_predict(request: Request, call_next):

@@ -33,7 +33,7 @@ from ..errors import DataError
 from ..io import atomic_path
 from ..progress import track
 
-FIELDS = ["path", "score", "anomalous", "random_init", "error"]
+FIELDS = ["path", "score", "anomalous", "random_init", "error", "overlay"]  # overlay: its file, when drawn
 RUN_FILE = "run.json"
 #: settings that change how a model runs, not what it scores: a resumed run may differ in these
 RUNTIME_SETTINGS = {"device", "batch_size", "feature_dir", "cache_dir", "token_cache"}
@@ -146,6 +146,9 @@ class ResultLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists() and self.path.stat().st_size > 0:
             saved = json.loads(self.run_path.read_text()) if self.run_path.is_file() else None
+            if saved is None:
+                raise DataError(f"{self.path} was not written by a run in this folder (there is no {self.run_path}); "
+                                "choose another output folder, or pass --no-resume (resume=False) to replace it")
             if saved != json.loads(json.dumps(signature)):
                 raise DataError(f"{self.path} holds results of another model, setting or threshold "
                                 f"(see {self.run_path}); pass --no-resume (resume=False) to start it afresh")
@@ -256,11 +259,13 @@ def predict_stream(
     resume: bool = True,
     num_workers: int = 2,
     on_batch: Optional[Callable[[Prediction], None]] = None,
+    overlay_path: Optional[Callable[[str], Union[str, os.PathLike]]] = None,
 ) -> StreamSummary:
     """Score `images` (folders, globs, files) into `out_dir/predictions.csv` (fmt 'csv') or `.jsonl` ('jsonl').
 
     Rows: path, score, anomalous (None without a threshold), random_init, error (the reason an image could
-    not be read; its score is empty). `on_batch(prediction)` sees each scored batch with its maps.
+    not be read; its score is empty), overlay (`overlay_path(image path)` of each scored image when given: the file
+    `on_batch` draws). `on_batch(prediction)` sees each scored batch with its maps.
     """
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"fmt must be 'csv' or 'jsonl', got {fmt!r}")
@@ -285,7 +290,7 @@ def _predict_stream(model: Detector, all_paths: Iterator[str], out_dir, fmt: str
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             chunks = _chunks(all_paths, batch, set(log.done))
             for names, loaded in track(_prefetched(pool, chunks, transform), f"{model.name}: scoring"):
-                _score_and_log(model, names, loaded, log, summary, on_batch)
+                _score_and_log(model, names, loaded, log, summary, on_batch, overlay_path)
     finally:
         log.close()
     return summary
@@ -309,7 +314,7 @@ def _prefetched(pool: ThreadPoolExecutor, chunks: Iterator[list[str]], transform
         yield names, [f.result() for f in futures]
 
 
-def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary, on_batch) -> None:
+def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary, on_batch, overlay_path=None) -> None:
     rows: dict[int, dict] = {}
     good = [i for i, (t, _) in enumerate(loaded) if t is not None]
     for i, (_, err) in enumerate(loaded):
@@ -326,7 +331,8 @@ def _score_and_log(model, names, loaded, log: ResultLog, summary: StreamSummary,
             for j, k in enumerate(idx):
                 i = good[k]
                 rows[i] = {"path": names[i], "score": float(scores[j]), "random_init": model.random_init, "error": None,
-                           "anomalous": None if labels is None else bool(labels[j])}
+                           "anomalous": None if labels is None else bool(labels[j]),
+                           "overlay": None if overlay_path is None else str(overlay_path(names[i]))}
             if on_batch is not None:
                 on_batch(Prediction(scores, maps, labels, [names[good[k]] for k in idx], info=model.info(),
                                     threshold=getattr(model, "threshold_", None)))
@@ -363,8 +369,11 @@ def calibration_note(model: Detector, manual: bool = False) -> str:
 
 def refuse_foreign_outputs(log_path: Path, outputs: Sequence[Path], resume: bool = True) -> None:
     """Refuse (DataError) when a final output file (JSON, Parquet) is already there but this run's log is not: it
-    was not written by a run in this folder, so it is a user's file. resume=False (--no-resume) asks to replace it."""
-    if not resume or Path(log_path).exists():
+    was not written by a run in this folder, so it is a user's file. resume=False asks to replace it.
+    Under a CLI command the output guard (`anomalens.outputs`) has already decided, with its --force."""
+    from ..outputs import guard_active
+
+    if not resume or Path(log_path).exists() or guard_active():
         return
     found = [str(p) for p in outputs if Path(p).exists()]
     if found:

@@ -141,9 +141,10 @@ def load_diffusers_folder(path: Path) -> BaseComponents:
         if not (path / sub).is_dir():
             raise _missing_base(f"{path / sub} is missing")
     try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path / "vqvae", local_files_only=True)
-        bert = LDMBertModel.from_pretrained(path / "bert", local_files_only=True)
+        # low_cpu_mem_usage=False: what diffusers falls back to anyway without `accelerate`, minus its notice about it
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True, low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(path / "vqvae", local_files_only=True, low_cpu_mem_usage=False)
+        bert = LDMBertModel.from_pretrained(path / "bert", local_files_only=True, low_cpu_mem_usage=False)
         tok = BertTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"cannot load the LDM base model from {path}: {exc}") from exc

@@ -30,7 +30,7 @@ def generate_dataset(gen_dir, normal_images: Sequence, n: int, out, seed: int = 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AnomalensError(f"output path exists and is not a folder: {out}")
-    if out.is_dir() and not force and any(p.is_file() for p in out.rglob("*")):
+    if out.is_dir() and not force and any(p.is_file() and not p.name.startswith(".") for p in out.rglob("*")):
         raise AnomalensError(f"output folder {out} already holds files; pass --force to write into it anyway")
     normals = list_image_files(normal_images, "normal images")
     mask_files = list_image_files(masks, "masks") if masks else None

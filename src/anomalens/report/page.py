@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..benchmark.summary import SHORT, cell, pct, summary_table
+from ..benchmark.summary import SHORT, backbone_note, cell, pct, summary_table
 from .svg import bar_chart, line_chart
 
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -103,8 +103,11 @@ def _summary_section(table: list[dict]) -> list[str]:
         out.append(f"<h3>{escape(t['setting'])} on {escape(t['dataset'])} "
                    f"<span class=\"muted\">(paper setting {escape(t['paper_setting'])}{escape(seeds)})</span></h3>")
         out.append(_random_init_note(t["random_init"]))
+        if backbone_note(t):
+            out.append(f'<p class="warn">{escape(backbone_note(t)[0].upper() + backbone_note(t)[1:])}.</p>')
         out.append(_table(["category", *[SHORT.get(k, k) for k in keys]],
-                          [[r["category"], *[cell(r, k) for k in keys]] for r in t["rows"]], mean_last=True))
+                          [[r["category"], *[cell(r, k, t.get("comparable", True)) for k in keys]] for r in t["rows"]],
+                          mean_last=True))
         cats = [r for r in t["rows"] if r["category"] != "mean"]
         out.append(bar_chart([r["category"] for r in cats],
                              [(SHORT[k], [r["ours"].get(k) for r in cats]) for k in BAR_KEYS],
@@ -194,17 +197,20 @@ def render_predict(src: dict) -> str:
     thr = src["threshold"]
     body = [_random_init_note(src["random_init"]),
             f"<p>{len(preds)} images; threshold {'not set' if thr is None else f'{thr:.4g}'}"
-            + ("" if thr is None else f"; {int((scores > thr).sum())} flagged anomalous") + "</p>",
+            + ("" if thr is None else f"; {int((scores > thr).sum())} flagged anomalous")
+            + (f"; {len(src.get('unreadable', []))} unreadable, not scored: "
+               + escape(", ".join(Path(p).name for p, _ in src["unreadable"][:5]))
+               + (" ..." if len(src["unreadable"]) > 5 else "") if src.get("unreadable") else "") + "</p>",
             line_chart([("share of images above threshold", t, flagged)], "threshold curve", "threshold (image score)",
                        "share flagged", vlines=[(thr, "thr")] if thr is not None else ()),
             "<h2>Scores (highest first)</h2>",
             _table(["image", "score", "anomalous"],
                    [[p["path"], f"{p['score']:.4g}", "–" if p["anomalous"] is None else str(p["anomalous"])] for p in preds])]
     if src["overlays"]:
-        by_name = {p.stem: p for p in src["overlays"]}
+        by_name = {p.name: p for p in src["overlays"]}
         picks = []
-        for p in preds:
-            key = "__".join(Path(p["path"]).parts[-2:]).rsplit(".", 1)[0]
+        for p in preds:  # each row names its overlay (older runs: <parent>__<stem>.png)
+            key = Path(p["overlay"]).name if p.get("overlay") else "__".join(Path(p["path"]).parts[-2:]).rsplit(".", 1)[0] + ".png"
             if key in by_name:
                 picks.append((by_name[key], p["score"]))
         picks = picks[:MAX_OVERLAYS] or [(o, None) for o in src["overlays"][:MAX_OVERLAYS]]

@@ -62,17 +62,20 @@ def load_source(run_dir) -> dict:
             if rows and not {"path", "score"} <= set(rows[0]):
                 raise DataError(f"{d / 'predictions.csv'} lacks the path / score columns")
             threshold, rand = None, any(str(r.get("random_init")) == "True" for r in rows)
+        unreadable = [r for r in rows if r.get("error") and r.get("score") in (None, "")]  # rows predict could not score
+        rows = [r for r in rows if not (r.get("error") and r.get("score") in (None, ""))]
         try:
             preds = [{"path": r["path"], "score": float(r["score"]),
-                      "anomalous": None if r.get("anomalous") in (None, "", "None") else str(r["anomalous"]) == "True"}
+                      "anomalous": None if r.get("anomalous") in (None, "", "None") else str(r["anomalous"]) == "True",
+                      "overlay": r.get("overlay") or None}
                      for r in rows]
         except (KeyError, ValueError) as exc:
             raise DataError(f"predictions in {d} are half-written or malformed ({exc})") from exc
         if not preds:
-            raise DataError(f"no predictions in {d}")
+            raise DataError(f"no predictions in {d}" + (f" ({len(unreadable)} unreadable images only)" if unreadable else ""))
         overlays = sorted((d / "overlays").glob("*.png")) if (d / "overlays").is_dir() else []
         return {"kind": "predict", "path": d, "predictions": preds, "threshold": threshold, "random_init": rand,
-                "overlays": overlays}
+                "overlays": overlays, "unreadable": [(r["path"], r.get("error")) for r in unreadable]}
     if (d / "config.json").is_file():
         c = _read_json(d / "config.json")
         if not isinstance(c, dict) or c.get("format") != "anomalens-model":

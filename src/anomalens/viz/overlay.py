@@ -96,9 +96,11 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
 
 
 def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, mask: Optional[np.ndarray] = None,
-                   score: Optional[float] = None, threshold: Optional[float] = None, note: str = "") -> np.ndarray:
+                   score: Optional[float] = None, threshold: Optional[float] = None, note: str = "",
+                   mark: Optional[float] = None) -> np.ndarray:
     """(H', W', 3) uint8 canvas: header (score, verdict, `note` e.g. 'random-init backbone') over
-    [image | overlay | colour bar with its range]."""
+    [image | overlay | colour bar with its range]; `mark` (the threshold of a fixed scale) is drawn on the bar; then the top
+    label reads "vmax+": higher values share the top colour."""
     img = np.asarray(image, dtype=np.float64)
     amap = np.asarray(anomaly_map, dtype=np.float64)
     if img.shape[:2] != amap.shape:
@@ -128,16 +130,26 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax
     draw = ImageDraw.Draw(pil)
     if header:
         draw.text((6, 4), text, fill=(255, 255, 255), font=font)
-    draw.text((x_bar + bar_w + 3, header), f"{vmax:.3g}", fill=(0, 0, 0), font=font)
+    top = f"{vmax:.3g}" + ("+" if mark is not None else "")  # a fixed scale clips: "+" = this colour and above
+    draw.text((x_bar + bar_w + 3, header), top, fill=(0, 0, 0), font=font)
+    if mark is not None and vmax > vmin and vmin <= mark <= vmax:
+        y = header + int(round((vmax - mark) / (vmax - vmin) * (ph - 1)))
+        draw.line([(x_bar - 2, y), (x_bar + bar_w + 2, y)], fill=(0, 0, 0), width=max(1, text_px // 8))
+        if header + text_px + 2 < y < H - 2 * text_px - 2:
+            draw.text((x_bar + bar_w + 3, y - text_px // 2), f"thr {mark:.3g}", fill=(0, 0, 0), font=font)
     draw.text((x_bar + bar_w + 3, H - text_px - 2), f"{vmin:.3g}", fill=(0, 0, 0), font=font)
     return np.asarray(pil)
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float,
                  mask: Optional[np.ndarray] = None, score: Optional[float] = None, threshold: Optional[float] = None,
-                 note: str = "") -> Path:
+                 note: str = "", mark: Optional[float] = None) -> Path:
     """Write `render_overlay(...)` as PNG (image and map at the image's original size); returns the path."""
+    from ..outputs import guard_replace, record_written
+
     path = Path(path)
+    guard_replace(path)  # under a CLI command: never over a user's file
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(render_overlay(image, anomaly_map, vmin, vmax, mask, score, threshold, note)).save(path)
+    Image.fromarray(render_overlay(image, anomaly_map, vmin, vmax, mask, score, threshold, note, mark)).save(path)
+    record_written([path])
     return path
