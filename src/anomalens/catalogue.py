@@ -62,7 +62,7 @@ def _class_ranges(cls: ast.ClassDef) -> dict[str, str]:
 
 
 #: ranges every detector inherits (anomalens.detector.Detector.setting_ranges; tests/test_fast_errors.py holds them equal)
-BASE_RANGES = {"batch_size": "[1, inf)"}
+BASE_RANGES = {"batch_size": "[1, inf)", "scale": "(0, 4]"}
 
 
 def _entries_in(path: Path) -> list[CatalogueEntry]:

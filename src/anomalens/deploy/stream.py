@@ -274,11 +274,12 @@ def predict_stream(
     first = next(paths, None)  # fail on a bad first argument before any file is touched
     # geometry="auto" on a model never fitted on images (zero-shot): resolved from the first image, as predict() does
     with model._geometry_for(ImagePaths([first])) if first is not None else contextlib.nullcontext():
-        return _predict_stream(model, _prepend(first, paths), out_dir, fmt, batch_size, resume, num_workers, on_batch)
+        return _predict_stream(model, _prepend(first, paths), out_dir, fmt, batch_size, resume, num_workers, on_batch,
+                               overlay_path)
 
 
 def _predict_stream(model: Detector, all_paths: Iterator[str], out_dir, fmt: str, batch_size: Optional[int], resume: bool,
-                    num_workers: int, on_batch) -> StreamSummary:
+                    num_workers: int, on_batch, overlay_path) -> StreamSummary:
     log = ResultLog(Path(out_dir) / f"predictions.{fmt}", run_signature(model), resume)
     summary = StreamSummary(log.path, n_resumed=log.n_resumed)
     summary.n_anomalous = 0 if getattr(model, "threshold_", None) is not None else None
