@@ -297,3 +297,46 @@ def test_every_model_fits_and_scores_a_folder_of_mixed_sizes(tmp_path, name, set
     pred = model.predict(str(tmp_path))
     assert pred.image_scores.shape == (5,) and np.isfinite(pred.image_scores).all() and np.isfinite(pred.anomaly_maps).all()
     assert [m.shape for m in pred.maps_at_original_size()] == sizes
+
+
+# ---- issue 25: the calibration contract, exactly --------------------------------------------------------------
+class _KnownScores(anomalens.Detector):
+    """A fitted stub whose `predict(scores)` returns those scores: calibrate's arithmetic, isolated."""
+
+    name = "known-scores"
+
+    def __init__(self, batch_size: int = 1):
+        self.batch_size = batch_size
+        self.fitted_ = True
+
+    def predict(self, data):
+        s = np.asarray(data, dtype=np.float64)
+        return anomalens.Prediction(image_scores=s, anomaly_maps=np.zeros((len(s), 1, 1), np.float32), labels=None,
+                                    paths=[f"{i}.png" for i in range(len(s))])
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 99, 100])
+@pytest.mark.parametrize("fpr", [0.01, 0.2, 0.3])
+def test_calibrate_threshold_is_the_stated_order_statistic(n, fpr):
+    """The threshold is the (1 − fpr) quantile of the n calibration scores rounded up to a score ('higher'):
+    0-based order statistic k = ceil((n − 1)(1 − fpr)), computed here in exact fractions on sorted scores. At most
+    a share fpr of the calibration scores lies above it, and the small-set warning appears exactly when n < 1/fpr."""
+    import math
+    import warnings
+    from fractions import Fraction
+
+    scores = np.random.default_rng(n * 1000 + int(fpr * 100)).permutation(np.linspace(-3.0, 5.0, n) ** 3)
+    k = math.ceil((n - 1) * (1 - Fraction(str(fpr))))
+    expected = sorted(scores.tolist())[k]
+    small = n < 1 / Fraction(str(fpr))
+    model = _KnownScores()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.calibrate(scores, fpr=fpr)
+    small_warnings = [w for w in caught if "calibration images cannot resolve" in str(w.message)]
+    assert len(small_warnings) == int(small), [str(w.message) for w in caught]
+    assert model.threshold_ == expected
+    above = sum(s > expected for s in scores.tolist())
+    assert above == n - 1 - k and Fraction(above, n) <= Fraction(str(fpr))
+    assert model.calibration_["fpr_empirical"] == pytest.approx(above / n) and model.calibration_["fpr_empirical"] <= fpr
+    assert model.calibration_["n_images"] == n and model.calibration_["fpr_achievable"] == pytest.approx(1 / (n + 1))
