@@ -55,3 +55,32 @@ def mapping_of(address: int) -> str:
         if lo <= address < hi:
             return parts[5] if len(parts) > 5 else ""
     return ""
+
+
+def fail_swap(monkeypatch, target) -> list:
+    """Make `anomalens.io.atomic_path`'s swap onto `target` fail: the rename of the finished temporary payload onto
+    `target` raises OSError (for a folder: the second rename, after the old one was moved aside). Every rename
+    atomic_path makes is recorded in the returned list as (src, dst)."""
+    import anomalens.io as aio
+
+    target = Path(target)
+    calls: list = []
+
+    class _Os:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            calls.append((Path(src), Path(dst)))
+            if Path(src).name == "payload" and Path(dst) == target:
+                raise OSError(f"injected: rename onto {dst} failed")
+            return os.replace(src, dst)
+
+    monkeypatch.setattr(aio, "os", _Os())
+    return calls
+
+
+def tmp_debris(folder) -> list:
+    """atomic_path's temporary siblings (.NAME.*.tmp) left anywhere under `folder`."""
+    return sorted(str(p) for p in Path(folder).rglob(".*.tmp"))

@@ -340,3 +340,25 @@ def test_calibrate_threshold_is_the_stated_order_statistic(n, fpr):
     assert above == n - 1 - k and Fraction(above, n) <= Fraction(str(fpr))
     assert model.calibration_["fpr_empirical"] == pytest.approx(above / n) and model.calibration_["fpr_empirical"] <= fpr
     assert model.calibration_["n_images"] == n and model.calibration_["fpr_achievable"] == pytest.approx(1 / (n + 1))
+
+
+# ---- issue 25: atomic replace, tested at the swap ---------------------------------------------------------------
+def test_overwrite_that_fails_at_the_swap_keeps_the_old_model(tmp_path, synthetic_root, monkeypatch):
+    """save(path, overwrite=True) moves the old model aside, then renames the new one in: when that second rename
+    fails the old model is put back; load(path) scores as the old model and no temporary folder remains."""
+    from conftest import fail_swap, tmp_debris
+
+    train = MVTecAD(synthetic_root, "disc", "train")
+    old, new = tiny_patchcore().fit(train.subset(range(4))), tiny_patchcore().fit(train.subset(range(4, 12)))
+    test = MVTecAD(synthetic_root, "disc", "test").subset(range(4))
+    old_scores, new_scores = old.predict(test).image_scores, new.predict(test).image_scores
+    assert not np.allclose(old_scores, new_scores)  # the two models are told apart by their predictions
+    old.save(tmp_path / "m")
+    fail_swap(monkeypatch, tmp_path / "m")
+    with pytest.raises(OSError, match="injected"):
+        new.save(tmp_path / "m", overwrite=True)
+    monkeypatch.undo()
+    assert np.array_equal(anomalens.load(tmp_path / "m").predict(test).image_scores, old_scores)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"] and tmp_debris(tmp_path) == []
+    new.save(tmp_path / "m", overwrite=True)  # and the swap, when it works, installs the new model
+    assert np.array_equal(anomalens.load(tmp_path / "m").predict(test).image_scores, new_scores)

@@ -151,6 +151,31 @@ def test_ray_refuses_to_resume_rows_of_another_fit(cluster, synthetic_root, mode
     assert again.n_scored == 0 and again.n_resumed == len(list((folder / "a").iterdir()))
 
 
+def test_parquet_survives_a_failed_swap(tmp_path, monkeypatch):
+    """Issue 25: predictions.parquet is written under a temporary name and renamed; a failed rename keeps the old
+    file and leaves no temporary file."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from anomalens.deploy.ray_predict import log_to_parquet
+
+    from conftest import fail_swap, tmp_debris
+
+    log = tmp_path / "predictions.jsonl"
+    row = {"path": "a.png", "score": 0.5, "anomalous": False, "random_init": True, "error": None}
+    log.write_text(json.dumps(row) + "\n")
+    log_to_parquet(log, tmp_path / "p.parquet")
+    before = (tmp_path / "p.parquet").read_bytes()
+    log.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, path="b.png")) + "\n")
+    fail_swap(monkeypatch, tmp_path / "p.parquet")
+    with pytest.raises(OSError, match="injected"):
+        log_to_parquet(log, tmp_path / "p.parquet")
+    assert (tmp_path / "p.parquet").read_bytes() == before and tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+    assert pq.read_table(log_to_parquet(log, tmp_path / "p.parquet")).num_rows == 2
+
+
 def test_cli_predict_ray(cluster, model_dir, folder, single, tmp_path):
     r = CliRunner().invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "o"), "--ray", "auto",
                                  "--workers", "2", "--device", "cpu", "--format", "json"])

@@ -243,3 +243,36 @@ def test_state_digest_same_after_save_load_and_hashed_in_chunks(synthetic_root, 
     monkeypatch.setattr(hashlib, "sha256", Spy)
     assert stream.state_digest(model) == digest  # the chunk size changes how, not what, is hashed
     assert bank.numel() * bank.element_size() > 3 * row_bytes and max(sizes) <= 3 * row_bytes
+
+
+def test_predict_outputs_survive_a_failed_swap(fitted, folder, tmp_path, monkeypatch):
+    """Issue 25: run.json and predictions.json are written under a temporary name and renamed; when the rename
+    fails, the previous file is untouched and no temporary file remains."""
+    from anomalens.deploy.stream import finish_json
+
+    from conftest import fail_swap, tmp_debris
+
+    out = tmp_path / "out"
+    fitted.threshold_ = None
+    predict_stream(fitted, folder / "a", out, fmt="jsonl")
+    run_before, log_before = (out / "run.json").read_text(), (out / "predictions.jsonl").read_text()
+    fitted.threshold_ = 1.0
+    fail_swap(monkeypatch, out / "run.json")
+    with pytest.raises(OSError, match="injected"):
+        predict_stream(fitted, folder / "a", out, fmt="jsonl", resume=False)
+    assert (out / "run.json").read_text() == run_before and (out / "predictions.jsonl").read_text() == log_before
+    assert tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+
+    finish_json(out / "predictions.jsonl", out / "predictions.json", {"threshold": None})
+    doc_before = (out / "predictions.json").read_text()
+    with open(out / "predictions.jsonl", "a") as fh:  # one more row: the next file would differ
+        fh.write(json.dumps({"path": "x.png", "score": 1.0, "anomalous": None, "random_init": True, "error": None}) + "\n")
+    fail_swap(monkeypatch, out / "predictions.json")
+    with pytest.raises(OSError, match="injected"):
+        finish_json(out / "predictions.jsonl", out / "predictions.json", {"threshold": 2.0})
+    assert (out / "predictions.json").read_text() == doc_before and tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+    doc = json.loads(finish_json(out / "predictions.jsonl", out / "predictions.json", {"threshold": 2.0}).read_text())
+    assert doc["threshold"] == 2.0 and len(doc["predictions"]) == len(json.loads(doc_before)["predictions"]) + 1
+    fitted.threshold_ = None
