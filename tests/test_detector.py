@@ -124,9 +124,13 @@ def test_evaluate_returns_report(synthetic_root):
         anomalens.evaluate(model, torch.rand(2, 3, 64, 64))
 
 
-def test_device_resolution():
-    assert anomalens.resolve_device("auto").type in ("cpu", "cuda")
-    assert anomalens.resolve_device("cpu").type == "cpu"
+def test_device_resolution(monkeypatch):
+    for cuda in (False, True):  # "auto" / None follow CUDA's presence, whichever machine runs the test
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        assert anomalens.resolve_device("auto") == anomalens.resolve_device(None) == torch.device("cuda" if cuda else "cpu")
+    monkeypatch.undo()
+    assert anomalens.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert anomalens.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(anomalens.AnomalensError):
         anomalens.resolve_device("tpu:0")
     if not torch.cuda.is_available():
@@ -219,11 +223,16 @@ def test_every_model_validates_its_settings(name, settings, needle):
 
 
 def test_valid_settings_of_every_kind_are_accepted():
-    assert anomalens.create("patchcore", resize=[224, 224], crop=None, coreset_ratio=1, device=torch.device("cpu")).crop is None
-    assert anomalens.create("patchcore", backbone=["resnet18", "resnet18"], layers=[["layer2"], ["layer3"]], weights=None)
+    m = anomalens.create("patchcore", resize=[224, 224], crop=None, coreset_ratio=1, device=torch.device("cpu"))
+    assert (m.resize, m.crop, m.coreset_ratio, m.device_) == ([224, 224], None, 1, torch.device("cpu"))
+    ens = anomalens.create("patchcore", backbone=["resnet18", "resnet18"], layers=[["layer2"], ["layer3"]], weights=None)
+    assert ens.members() == [("resnet18", ["layer2"]), ("resnet18", ["layer3"])]  # the lists arrive as given, paired
     assert anomalens.create("winclip", scales=[2], weights=None).scales == [2]
-    for entry in anomalens.registry.model_entries():  # every registered default passes its own checks
-        entry.cls()
+    for entry in anomalens.registry.model_entries():  # every registered default passes its own checks, kept as declared
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(entry.cls.__init__).parameters.items() if k != "self"}
+        assert entry.cls().get_params() == {k: anomalens.detector._jsonable(v) for k, v in defaults.items()}
 
 
 def test_saved_config_with_a_wrong_typed_setting_does_not_load(tmp_path, synthetic_root):
