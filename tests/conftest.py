@@ -31,10 +31,39 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
-    """The real assets folder, or skip."""
+    """The real assets folder, or skip. Only for tests marked `integration` (checked in pytest_runtest_setup)."""
     if not ASSETS.is_dir():
         pytest.skip(f"real assets not found at {ASSETS}")
     return ASSETS
+
+
+def pytest_runtest_setup(item):
+    """A test that reaches the real assets (the `assets` fixture, directly or through another fixture) must carry
+    the `integration` marker, so the count below and `-m "not integration"` see it."""
+    if "assets" in getattr(item, "fixturenames", ()) and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} uses the real assets (../shared/assets) but is not marked "
+                    "@pytest.mark.integration", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line in every run's log: how many integration tests (real assets) ran and how many were skipped, so a
+    skipped real-weights parity test is visible, e.g. 'integration tests: 0 ran, 9 skipped (real assets not found ...)'."""
+    ran, skipped, reasons = set(), set(), set()
+    for kind in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(kind, []):
+            if "integration" not in getattr(rep, "keywords", {}):
+                continue
+            if kind == "skipped":
+                skipped.add(rep.nodeid)
+                if isinstance(rep.longrepr, tuple) and len(rep.longrepr) == 3:
+                    reasons.add(str(rep.longrepr[2]).removeprefix("Skipped: "))
+            elif rep.when == "call" or kind in ("failed", "error"):
+                ran.add(rep.nodeid)
+    why = f" ({'; '.join(sorted(reasons))})" if reasons else ""
+    deselected = [i for i in terminalreporter.stats.get("deselected", [])
+                  if hasattr(i, "get_closest_marker") and i.get_closest_marker("integration")]
+    also = f", {len(deselected)} deselected" if deselected else ""
+    terminalreporter.write_line(f"integration tests: {len(ran - skipped)} ran, {len(skipped)} skipped{also}{why}")
 
 
 def tiny_patchcore(**kw):
@@ -55,3 +84,32 @@ def mapping_of(address: int) -> str:
         if lo <= address < hi:
             return parts[5] if len(parts) > 5 else ""
     return ""
+
+
+def fail_swap(monkeypatch, target) -> list:
+    """Make `anomalens.io.atomic_path`'s swap onto `target` fail: the rename of the finished temporary payload onto
+    `target` raises OSError (for a folder: the second rename, after the old one was moved aside). Every rename
+    atomic_path makes is recorded in the returned list as (src, dst)."""
+    import anomalens.io as aio
+
+    target = Path(target)
+    calls: list = []
+
+    class _Os:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            calls.append((Path(src), Path(dst)))
+            if Path(src).name == "payload" and Path(dst) == target:
+                raise OSError(f"injected: rename onto {dst} failed")
+            return os.replace(src, dst)
+
+    monkeypatch.setattr(aio, "os", _Os())
+    return calls
+
+
+def tmp_debris(folder) -> list:
+    """atomic_path's temporary siblings (.NAME.*.tmp) left anywhere under `folder`."""
+    return sorted(str(p) for p in Path(folder).rglob(".*.tmp"))

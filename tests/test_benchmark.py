@@ -396,3 +396,33 @@ def test_another_backbone_than_the_papers_is_said_next_to_the_paper_columns():
     assert rows["cable"]["backbone"] == "tf_efficientnet_lite0" and rows["cable"]["paper_backbone"] == paper
     html = "".join(_summary_section([other]))  # the HTML report's summary section of a benchmark run
     assert "tf_efficientnet_lite0" in html and "not comparable" in html
+
+
+def test_results_and_manifest_survive_a_failed_swap(finished_run, synthetic_root, monkeypatch, tmp_path):
+    """Issue 25: a result JSON and the manifest are renamed into place; when that rename fails the previous file
+    stays as it was (or absent), no temporary file remains, and the next run computes just the missing result."""
+    import shutil
+
+    from conftest import fail_swap, tmp_debris
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    manifest = (out / "manifest.json").read_text()
+    fail_swap(monkeypatch, out / "manifest.json")
+    with pytest.raises(OSError, match="injected"):
+        _run(synthetic_root, out)
+    assert (out / "manifest.json").read_text() == manifest and tmp_debris(out) == []
+    monkeypatch.undo()
+
+    result = out / "results" / "patchcore" / "disc.json"
+    result.unlink()
+    fail_swap(monkeypatch, result)
+    with pytest.raises(OSError, match="injected"):
+        _run(synthetic_root, out)
+    assert not result.exists() and tmp_debris(out) == []
+    monkeypatch.undo()
+    calls = []
+    real = runner_mod.evaluate_job
+    monkeypatch.setattr(runner_mod, "evaluate_job", lambda job, *a: calls.append(job.category) or real(job, *a))
+    _run(synthetic_root, out)
+    assert calls == ["disc"] and json.loads(result.read_text())["category"] == "disc"

@@ -336,7 +336,61 @@ def test_adapter_round_trip_ours_and_official(model, images, tmp_path):
     from anomalens.ops import gaussian_blur
 
     assert np.allclose(gaussian_blur(r["sdp"] + r["ft"], 8.0).numpy(), preds[0].anomaly_maps, atol=1e-6)
-    assert 0 < float(r["ft"].min()) and float(r["ft"].max()) < 4
+    params = list(ad.parameters())  # W_0, b_0, W_1, b_1, ...
+    ft = _literal_ft(m, images[:2], list(zip(params[::2], params[1::2])))
+    assert torch.allclose(r["ft"].double(), ft, atol=1e-4)
+    assert float(ft.std()) > 1e-3  # a map with structure, not a constant the check would match trivially
+
+
+def _literal_ft(m, images, linears) -> torch.Tensor:
+    """M_ft spelled out (spec §4) for the tiny model (96 px, 6×6 patches): per stage j, X_j = W_j O_j[:, 1:] + b_j,
+    logits 100·cos(X_j, T), upsampled bilinearly (align_corners=True), Q_j = the abnormal softmax entry =
+    sigmoid(logit_a − logit_n); summed over the stages. `linears`: [(W_j, b_j)] as plain tensors."""
+    T = m.text_features().double()
+    with torch.inference_mode():
+        out = dual_path_forward(m._model(), _normalised(m, images), m.stages, m.ori_tap)
+    ft = torch.zeros(len(images), 96, 96, dtype=torch.float64)
+    for (w, b), o in zip(linears, out.original, strict=True):
+        X = o[:, 1:].double() @ w.detach().double().T + b.detach().double()
+        logits = 100.0 * (X / X.norm(dim=-1, keepdim=True)) @ (T / T.norm(dim=0, keepdim=True))
+        up = F.interpolate(logits.permute(0, 2, 1).reshape(len(images), 2, 6, 6), size=(96, 96), mode="bilinear",
+                           align_corners=True)
+        ft += torch.sigmoid(up[:, 1] - up[:, 0])
+    return ft
+
+
+def _official_checkpoint(width: int, embed_dim: int, seed: int = 3) -> dict:
+    """The official SDP+ checkpoint layout, written literally (ByChelsea/CLIP-AD, train.py saves
+    torch.save({'linear_layers': LinearLayer.state_dict()}); models/model.py's LinearLayer holds
+    fc = ModuleList of k nn.Linear(width, embed_dim), k = 4 stages): keys fc.{0..3}.weight (embed_dim, width) and
+    fc.{0..3}.bias (embed_dim,), nothing else; not built from our own module."""
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for j in range(4):
+        layers[f"fc.{j}.weight"] = 0.05 * torch.randn(embed_dim, width, generator=g)
+        layers[f"fc.{j}.bias"] = 0.05 * torch.randn(embed_dim, generator=g)
+    return {"linear_layers": layers}
+
+
+def test_official_adapter_layout_is_pinned(images, tmp_path):
+    """Issue 25: an official checkpoint, its key names and shapes written out here, loads into SDP+ and drives M_ft
+    exactly as its tensors say; for the real backbone (ViT-B-16+, 896 -> 640) the released files' shapes load too."""
+    m0 = tiny()
+    assert (m0.width, m0.embed_dim) == (64, 32)  # the tiny CLIP: vision width 64, embedding 32 (see _register_tiny_clip)
+    ckpt = _official_checkpoint(64, 32)
+    torch.save(ckpt, tmp_path / "train_on_visa.pth")
+    m = tiny(variant="sdp+", adapter=str(tmp_path / "train_on_visa.pth"))
+    layers = ckpt["linear_layers"]
+    want = _literal_ft(m, images[:2], [(layers[f"fc.{j}.weight"], layers[f"fc.{j}.bias"]) for j in range(4)])
+    assert torch.allclose(m.forward_maps(_normalised(m, images[:2]))["ft"].double(), want, atol=1e-4)
+
+    real = _official_checkpoint(896, 640)
+    torch.save(real, tmp_path / "train_on_mvtec.pth")
+    big = anomalens.create("clipad", variant="sdp+", weights=None, adapter=str(tmp_path / "train_on_mvtec.pth"),
+                           device="cpu")
+    loaded = [p.detach() for p in big._stage_adapters().parameters()]  # in module order: W_0, b_0, ..., W_3, b_3
+    want = [real["linear_layers"][f"fc.{j}.{kind}"] for j in range(4) for kind in ("weight", "bias")]
+    assert len(loaded) == 8 and all(torch.equal(a, b) for a, b in zip(loaded, want))
 
 
 def test_adapter_mismatch_and_missing_are_clear_errors(tmp_path):
@@ -465,9 +519,14 @@ def test_evaluation_hook_gives_the_paper_score(model, synthetic_root):
     report = anomalens.evaluate(model, MVTecAD(synthetic_root, "disc", "test"))
     pred = report.prediction
     assert set(pred.components) == {"p_abn", "map_max", "model_score"} and "aupro" in report.metrics
-    assert np.allclose(model.evaluation_scores(pred), clipad_minmax_scores(pred))
+    # the paper's score spelled out (spec §3.6): per-category min–max of p_abn and of map_max, summed
+    p, mx = (np.asarray(pred.components[c], dtype=np.float64) for c in ("p_abn", "map_max"))
+    assert np.ptp(p) > 0 and np.ptp(mx) > 0
+    paper = (p - p.min()) / np.ptp(p) + (mx - mx.min()) / np.ptp(mx)
+    assert np.allclose(model.evaluation_scores(pred), paper, rtol=0, atol=1e-12)
+    assert np.allclose(clipad_minmax_scores(pred), paper, rtol=0, atol=1e-12)
     # evaluate() scores the image metrics with the hook; the model's own raw sum is kept beside it
-    assert np.allclose(pred.image_scores, clipad_minmax_scores(pred))
+    assert np.allclose(pred.image_scores, paper, rtol=0, atol=1e-12)
     assert np.allclose(pred.components["model_score"], pred.components["p_abn"] + pred.components["map_max"])
     from anomalens import metrics
 

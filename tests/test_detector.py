@@ -124,9 +124,13 @@ def test_evaluate_returns_report(synthetic_root):
         anomalens.evaluate(model, torch.rand(2, 3, 64, 64))
 
 
-def test_device_resolution():
-    assert anomalens.resolve_device("auto").type in ("cpu", "cuda")
-    assert anomalens.resolve_device("cpu").type == "cpu"
+def test_device_resolution(monkeypatch):
+    for cuda in (False, True):  # "auto" / None follow CUDA's presence, whichever machine runs the test
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        assert anomalens.resolve_device("auto") == anomalens.resolve_device(None) == torch.device("cuda" if cuda else "cpu")
+    monkeypatch.undo()
+    assert anomalens.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert anomalens.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(anomalens.AnomalensError):
         anomalens.resolve_device("tpu:0")
     if not torch.cuda.is_available():
@@ -219,11 +223,16 @@ def test_every_model_validates_its_settings(name, settings, needle):
 
 
 def test_valid_settings_of_every_kind_are_accepted():
-    assert anomalens.create("patchcore", resize=[224, 224], crop=None, coreset_ratio=1, device=torch.device("cpu")).crop is None
-    assert anomalens.create("patchcore", backbone=["resnet18", "resnet18"], layers=[["layer2"], ["layer3"]], weights=None)
+    m = anomalens.create("patchcore", resize=[224, 224], crop=None, coreset_ratio=1, device=torch.device("cpu"))
+    assert (m.resize, m.crop, m.coreset_ratio, m.device_) == ([224, 224], None, 1, torch.device("cpu"))
+    ens = anomalens.create("patchcore", backbone=["resnet18", "resnet18"], layers=[["layer2"], ["layer3"]], weights=None)
+    assert ens.members() == [("resnet18", ["layer2"]), ("resnet18", ["layer3"])]  # the lists arrive as given, paired
     assert anomalens.create("winclip", scales=[2], weights=None).scales == [2]
-    for entry in anomalens.registry.model_entries():  # every registered default passes its own checks
-        entry.cls()
+    for entry in anomalens.registry.model_entries():  # every registered default passes its own checks, kept as declared
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(entry.cls.__init__).parameters.items() if k != "self"}
+        assert entry.cls().get_params() == {k: anomalens.detector._jsonable(v) for k, v in defaults.items()}
 
 
 def test_saved_config_with_a_wrong_typed_setting_does_not_load(tmp_path, synthetic_root):
@@ -300,3 +309,68 @@ def test_every_model_fits_and_scores_a_folder_of_mixed_sizes(tmp_path, name, set
     pred = model.predict(str(tmp_path))
     assert pred.image_scores.shape == (5,) and np.isfinite(pred.image_scores).all() and np.isfinite(pred.anomaly_maps).all()
     assert [m.shape for m in pred.maps_at_original_size()] == sizes
+
+
+# ---- issue 25: the calibration contract, exactly --------------------------------------------------------------
+class _KnownScores(anomalens.Detector):
+    """A fitted stub whose `predict(scores)` returns those scores: calibrate's arithmetic, isolated."""
+
+    name = "known-scores"
+
+    def __init__(self, batch_size: int = 1):
+        self.batch_size = batch_size
+        self.fitted_ = True
+
+    def predict(self, data):
+        s = np.asarray(data, dtype=np.float64)
+        return anomalens.Prediction(image_scores=s, anomaly_maps=np.zeros((len(s), 1, 1), np.float32), labels=None,
+                                    paths=[f"{i}.png" for i in range(len(s))])
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 99, 100])
+@pytest.mark.parametrize("fpr", [0.01, 0.2, 0.3])
+def test_calibrate_threshold_is_the_stated_order_statistic(n, fpr):
+    """The threshold is the (1 − fpr) quantile of the n calibration scores rounded up to a score ('higher'):
+    0-based order statistic k = ceil((n − 1)(1 − fpr)), computed here in exact fractions on sorted scores. At most
+    a share fpr of the calibration scores lies above it, and the small-set warning appears exactly when n < 1/fpr."""
+    import math
+    import warnings
+    from fractions import Fraction
+
+    scores = np.random.default_rng(n * 1000 + int(fpr * 100)).permutation(np.linspace(-3.0, 5.0, n) ** 3)
+    k = math.ceil((n - 1) * (1 - Fraction(str(fpr))))
+    expected = sorted(scores.tolist())[k]
+    small = n < 1 / Fraction(str(fpr))
+    model = _KnownScores()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.calibrate(scores, fpr=fpr)
+    small_warnings = [w for w in caught if "calibration images cannot resolve" in str(w.message)]
+    assert len(small_warnings) == int(small), [str(w.message) for w in caught]
+    assert model.threshold_ == expected
+    above = sum(s > expected for s in scores.tolist())
+    assert above == n - 1 - k and Fraction(above, n) <= Fraction(str(fpr))
+    assert model.calibration_["fpr_empirical"] == pytest.approx(above / n) and model.calibration_["fpr_empirical"] <= fpr
+    assert model.calibration_["n_images"] == n and model.calibration_["fpr_achievable"] == pytest.approx(1 / (n + 1))
+
+
+# ---- issue 25: atomic replace, tested at the swap ---------------------------------------------------------------
+def test_overwrite_that_fails_at_the_swap_keeps_the_old_model(tmp_path, synthetic_root, monkeypatch):
+    """save(path, overwrite=True) moves the old model aside, then renames the new one in: when that second rename
+    fails the old model is put back; load(path) scores as the old model and no temporary folder remains."""
+    from conftest import fail_swap, tmp_debris
+
+    train = MVTecAD(synthetic_root, "disc", "train")
+    old, new = tiny_patchcore().fit(train.subset(range(4))), tiny_patchcore().fit(train.subset(range(4, 12)))
+    test = MVTecAD(synthetic_root, "disc", "test").subset(range(4))
+    old_scores, new_scores = old.predict(test).image_scores, new.predict(test).image_scores
+    assert not np.allclose(old_scores, new_scores)  # the two models are told apart by their predictions
+    old.save(tmp_path / "m")
+    fail_swap(monkeypatch, tmp_path / "m")
+    with pytest.raises(OSError, match="injected"):
+        new.save(tmp_path / "m", overwrite=True)
+    monkeypatch.undo()
+    assert np.array_equal(anomalens.load(tmp_path / "m").predict(test).image_scores, old_scores)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"] and tmp_debris(tmp_path) == []
+    new.save(tmp_path / "m", overwrite=True)  # and the swap, when it works, installs the new model
+    assert np.array_equal(anomalens.load(tmp_path / "m").predict(test).image_scores, new_scores)

@@ -198,6 +198,7 @@ def test_published_sources_are_complete():
     assert len(SOURCES["mvtec"].categories) == 15 and len(SOURCES["visa"].categories) == 12
 
 
+@pytest.mark.integration
 def test_visa_split_checksum_matches_the_official_file(assets):
     from anomalens.data.download import sha256_of
 

@@ -604,3 +604,23 @@ def test_downstream_check_reports_clean_and_paper_protocols():
     score = lambda r: r["image_auroc"] + r["pixel_auroc"] + r["pixel_ap"] + r["aupro"]  # noqa: E731
     assert score(res["paper"]) >= score(res["clean"])  # the paper's pick is the best on the test set by construction
     assert res["paper"]["pixel_auroc"] > 0.5
+
+
+def test_checkpoint_survives_a_failed_swap(mvtec_root, tmp_path, monkeypatch):
+    """Issue 25: a training checkpoint folder is swapped in; when the rename of the new one fails the previous
+    checkpoint is put back whole (resume still works from it) and no temporary folder remains."""
+    from conftest import fail_swap, tmp_debris
+
+    kw = dict(config="tiny", device="cpu", progress=False, seed=5)
+    G.train(mvtec_root, "widget", "crack", tmp_path / "b", steps=2, mask_steps=0, **kw)
+    ckpt = tmp_path / "b" / "checkpoint"
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    assert json.loads(before["state.json"])["step_sae"] == 2
+    fail_swap(monkeypatch, ckpt)
+    with pytest.raises(OSError, match="injected"):
+        G.train(mvtec_root, "widget", "crack", tmp_path / "b", steps=4, mask_steps=0, resume=True, device="cpu",
+                progress=False)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before and tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+    G.train(mvtec_root, "widget", "crack", tmp_path / "b", steps=4, mask_steps=0, resume=True, device="cpu", progress=False)
+    assert json.loads((ckpt / "state.json").read_text())["step_sae"] == 4

@@ -399,3 +399,57 @@ def test_one_image_pool_and_one_image_subsets_are_clear_errors(images):
         _tiny().fit(images[:1]).predict(images[1:2])
     with pytest.raises(DataError, match="n_subsets=6"):
         _tiny(n_subsets=6).predict(images)  # 10 images in 6 subsets: two subsets of one image
+
+
+# ---------------------------------------------------------------- issue 25: MuSc+ tested as MuSc+
+def _literal_reference(query: list[torch.Tensor], pool: list[torch.Tensor], grid: tuple[int, int], reduce,
+                       r_list=(1, 3, 5)) -> torch.Tensor:
+    """Stream / MuSc+ patch scores spelled out in float64: per (layer, r) LNAMD of every image, for each query patch
+    its nearest-patch distance to each pool image (cdist, min over patches), `reduce` over the pool images
+    (sorted distances (M, P) -> (M,)), mean over (layer, r)."""
+    Nq = query[0].shape[0]
+    total = torch.zeros(Nq, grid[0] * grid[1], dtype=torch.float64)
+
+    def lnamd_literal(t, r):
+        x = t.double().reshape(t.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
+        x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(x.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+        return F.normalize(F.avg_pool2d(x, r, 1, (r - 1) // 2, count_include_pad=True).flatten(2).transpose(1, 2), dim=-1)
+
+    for q, p in zip(query, pool):
+        for r in r_list:
+            zq, zp = lnamd_literal(q, r), lnamd_literal(p, r)
+            for i in range(Nq):
+                per_j = torch.stack([torch.cdist(zq[i], zp[j]).min(1).values for j in range(zp.shape[0])], 1)
+                total[i] += reduce(per_j.sort(1).values)
+    return total / (len(query) * len(r_list))
+
+
+def test_musc_plus_scores_are_the_minimum_over_references_literally(images):
+    """reference_reducer='min' (MuSc+, Eqs. 9–11): each patch scores its distance to the nearest patch of ANY
+    reference image. With 8 references the stream default is the mean of the K = ⌊0.3·8⌋ = 2 smallest, so the
+    two reducers differ here (with max_pool=4, K = 1 and they coincide)."""
+    pool_idx, query_idx = [0, 1, 2, 4, 5, 6, 7, 8], [3, 9]
+    assert interval_k(len(pool_idx), 0.3) == 2
+    plus = _tiny(reference_reducer="min").fit(images[pool_idx])
+    plus.predict(images[query_idx])
+    stream = _tiny().fit(images[pool_idx])
+    stream.predict(images[query_idx])
+
+    normalised = torch.stack([plus.transform.image(im) for im in images])
+    with torch.inference_mode():
+        tokens, _ = plus._encode(normalised)
+    q = [t[query_idx].float() for t in tokens]
+    p = [t[pool_idx].float() for t in tokens]
+    grid = plus._grid(tokens[0].shape[1])
+    want_min = _literal_reference(q, p, grid, lambda d: d[:, 0])
+    want_interval = _literal_reference(q, p, grid, lambda d: d[:, :2].mean(1))
+    assert (want_interval - want_min).abs().max() > 1e-3  # the case tells the reducers apart
+    assert torch.allclose(plus.raw_patch_scores_.double(), want_min, atol=1e-5)
+    assert torch.allclose(stream.raw_patch_scores_.double(), want_interval, atol=1e-5)
+
+    # the pool's own scores (they fix stream mode's RsCIN statistics): a reference against the 7 others, min
+    for j in (0, 5):
+        rest = [k for k in range(len(pool_idx)) if k != j]
+        own = _literal_reference([t[j:j + 1] for t in p], [t[rest] for t in p], grid, lambda d: d[:, 0])
+        up = F.interpolate(own.view(1, 1, *grid), size=(96, 96), mode="bilinear", align_corners=True)
+        assert float(plus._pool_scores()[j]) == pytest.approx(float(up.max()), abs=1e-5)

@@ -52,6 +52,15 @@ def test_scores_nonnegative_and_image_score_is_max_patch_score():
     assert pred.image_scores[0] == pytest.approx(patch.max().item(), rel=1e-6)
     assert pred.anomaly_maps.min() >= 0 and pred.anomaly_maps.shape == (1, 64, 64)
     assert pred.anomaly_maps.max() <= patch.max().item() + 1e-5  # smoothing never exceeds the patch maximum
+    # the map is the patch grid upsampled bilinearly (align_corners=False) then blurred as scipy does (σ = 4,
+    # truncate 4, mode 'reflect'): compared with scipy itself on the same upsampled map
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    up = F.interpolate(patch[:, None].double(), size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+    want = gaussian_filter(up, sigma=4.0, truncate=4.0, mode="reflect")
+    assert np.abs(pred.anomaly_maps[0] - want).max() < 1e-5 * max(1.0, float(np.abs(want).max()))
+    assert np.abs(up - want).max() > 1e-3 * float(np.abs(want).max())  # smoothing changes this map measurably
 
 
 def test_coreset_scores_dominate_full_bank_scores():
@@ -184,12 +193,33 @@ def test_ensemble_calibrated_normalisation_round_trip(synthetic_root, tmp_path):
         tiny_patchcore(backbone=["resnet18", "resnet18"], layers=["layer2"]).fit(torch.rand(1, 3, 64, 64))
 
 
-def test_ivfpq_option_approximates_exact_scores():
+def test_ivfpq_option_finds_the_nearest_neighbours():
+    """knn='ivfpq' (faiss IVF-PQ: 64 sub-quantisers × 8 bits, n_list = bank/39, n_probe 8) against exact kNN on the
+    same 640 × 1024 bank and 128 query patches. Measured (seeds 0–2): recall@1 (the approximate top-1 IS the exact
+    nearest neighbour) 0.47–0.52, the exact neighbour within the approximate top 10 for 100 % of queries, exact
+    distance to the returned neighbour ≤ 1.05× the true one for 90 % of queries, ADC scores within 10 % (median).
+    The bound on recall@1 is set by PQ itself (16-dim sub-vectors, codebooks trained on 640 vectors), not by the
+    inverted lists (n_probe 1 measures the same). Floors below leave room for faiss/BLAS variation; a broken
+    index (wrong ids, coarser codes, untrained lists) falls far below them (chance recall@1 = 1/640)."""
+    from anomalens.ops.knn import knn
+
     imgs = _images(12)
-    exact = tiny_patchcore(coreset_ratio=1.0).fit(imgs[:10]).predict(imgs[10:])
-    approx = tiny_patchcore(coreset_ratio=1.0, knn="ivfpq").fit(imgs[:10]).predict(imgs[10:])
-    a, b = exact.anomaly_maps.ravel(), approx.anomaly_maps.ravel()
-    assert np.corrcoef(a, b)[0, 1] > 0.5  # approximate, but the same picture
+    model = tiny_patchcore(coreset_ratio=1.0, knn="ivfpq").fit(imgs[:10])
+    x = torch.stack([model.transform.image(im) for im in imgs[10:]])
+    scores, q, idx = model.patch_scores(x)
+    bank = model.memory_bank_
+    assert bank.shape == (640, 1024) and q.shape == (128, 1024)
+    exact_d, exact_i = knn(q, bank, 1, backend="torch")
+    recall1 = float((idx[:, 0] == exact_i[:, 0]).float().mean())
+    top10 = model._search(q, 10)[1]
+    recall10 = float((top10 == exact_i[:, :1]).any(1).float().mean())
+    returned = ((bank[idx[:, 0].long()] - q) ** 2).sum(1)
+    ratio = (returned / exact_d[:, 0].clamp_min(1e-12)).sqrt()
+    exact_s = model._dist(exact_d[:, 0].double())  # patch score = distance to the nearest bank row
+    rel = ((scores.reshape(-1).double() - exact_s).abs() / exact_s).median()
+    assert recall1 >= 0.35, recall1
+    assert recall10 >= 0.95, recall10
+    assert float(ratio.quantile(0.9)) <= 1.10 and float(rel) <= 0.2
 
 
 def test_few_shot_fit_with_one_image(synthetic_root):

@@ -112,16 +112,68 @@ def test_ray_never_replaces_a_parquet_file_it_did_not_write(cluster, model_dir, 
     assert (out / "predictions.parquet").read_bytes()[:4] == b"PAR1"
 
 
-def test_ray_refuses_whole_set_models(cluster, model_dir, folder, tmp_path, monkeypatch):
-    """Set-dependent scoring (MuSc, uncalibrated ensembles: `needs_whole_set`, tested in test_stream) is refused."""
-    import anomalens.deploy.stream as stream
+def test_ray_refuses_an_uncalibrated_ensemble_for_real(cluster, synthetic_root, folder, tmp_path):
+    """An uncalibrated PatchCore ensemble min–max-normalises each member over the scored set (`needs_whole_set`):
+    Ray's per-actor batches would each get their own normalisation, so --ray refuses it (API and CLI), before any
+    output is written; calibrated, the same ensemble scores each image alone and runs on Ray."""
     from anomalens.deploy.ray_predict import predict_ray
     from anomalens.errors import DataError
 
-    monkeypatch.setattr(stream, "needs_whole_set", lambda model: True)
+    train = str(synthetic_root / "weave" / "train" / "good")
+    ens = tiny_patchcore(backbone=["resnet18", "resnet18"], layers=[["layer2"], ["layer3"]]).fit(train)
+    assert ens.member_stats_ is None
+    ens_dir = ens.save(tmp_path / "ens")
     with pytest.raises(DataError, match="without --ray"):
-        predict_ray(model_dir, folder, tmp_path / "out", device="cpu")
-    assert not (tmp_path / "out").exists()
+        predict_ray(ens_dir, folder, tmp_path / "out", device="cpu")
+    r = CliRunner().invoke(app, ["predict", str(ens_dir), str(folder), "-o", str(tmp_path / "o"), "--ray", "auto",
+                                 "--device", "cpu"])
+    assert r.exit_code == 2 and "without --ray" in r.output, r.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+    ens.calibrate(str(synthetic_root / "weave" / "test" / "good"), fpr=0.2)
+    s = predict_ray(ens.save(tmp_path / "cal"), folder / "a", tmp_path / "out", device="cpu", num_actors=1)
+    assert (s.n_scored, s.n_failed) == (len(list((folder / "a").glob("[!z]*.png"))), 1)
+
+
+def test_ray_refuses_to_resume_rows_of_another_fit(cluster, synthetic_root, model_dir, folder, tmp_path):
+    """Issue 25: same settings, fitted on other images (model B): B must not resume the rows A wrote."""
+    from anomalens.deploy.ray_predict import predict_ray
+    from anomalens.errors import DataError
+
+    train = sorted(str(p) for p in (synthetic_root / "weave" / "train" / "good").glob("*.png"))
+    other = tiny_patchcore().fit(train[:6])
+    other.threshold_ = THRESHOLD
+    other_dir = other.save(tmp_path / "B")
+    out = tmp_path / "out"
+    predict_ray(model_dir, folder / "a", out, device="cpu", num_actors=1)
+    with pytest.raises(DataError, match="--no-resume"):
+        predict_ray(other_dir, folder / "a", out, device="cpu", num_actors=1)
+    again = predict_ray(model_dir, folder / "a", out, device="cpu", num_actors=1)  # A itself still resumes
+    assert again.n_scored == 0 and again.n_resumed == len(list((folder / "a").iterdir()))
+
+
+def test_parquet_survives_a_failed_swap(tmp_path, monkeypatch):
+    """Issue 25: predictions.parquet is written under a temporary name and renamed; a failed rename keeps the old
+    file and leaves no temporary file."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from anomalens.deploy.ray_predict import log_to_parquet
+
+    from conftest import fail_swap, tmp_debris
+
+    log = tmp_path / "predictions.jsonl"
+    row = {"path": "a.png", "score": 0.5, "anomalous": False, "random_init": True, "error": None}
+    log.write_text(json.dumps(row) + "\n")
+    log_to_parquet(log, tmp_path / "p.parquet")
+    before = (tmp_path / "p.parquet").read_bytes()
+    log.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, path="b.png")) + "\n")
+    fail_swap(monkeypatch, tmp_path / "p.parquet")
+    with pytest.raises(OSError, match="injected"):
+        log_to_parquet(log, tmp_path / "p.parquet")
+    assert (tmp_path / "p.parquet").read_bytes() == before and tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+    assert pq.read_table(log_to_parquet(log, tmp_path / "p.parquet")).num_rows == 2
 
 
 def test_cli_predict_ray(cluster, model_dir, folder, single, tmp_path):

@@ -182,3 +182,98 @@ def test_cli_reports_unreadable_and_calibration(fitted, folder, tmp_path):
     assert "given on the command line" in r.output
     r = runner.invoke(app, ["predict", str(model_dir), str(folder), "-o", str(tmp_path / "p"), "--threshold", "3"])
     assert r.exit_code == 2 and "--no-resume" in r.output
+
+
+# ---- issue 25: the run signature covers what the model learned ---------------------------------------------------
+def test_resume_refuses_results_of_another_fit_with_the_same_settings(synthetic_root, folder, tmp_path):
+    """Model A and model B: same settings, fitted on other images. B must not resume A's rows (the bug: 'resumed
+    N, scored 0', A's scores kept); the refusal names --no-resume, which then rescores with B."""
+    import anomalens
+
+    train = sorted(str(p) for p in (synthetic_root / "weave" / "train" / "good").glob("*.png"))
+    a = tiny_patchcore().fit(train[:6])
+    b = tiny_patchcore().fit(train[6:])
+    assert a.get_params() == b.get_params() and a.threshold_ is None and b.threshold_ is None
+    out = tmp_path / "out"
+    predict_stream(a, folder / "a", out)
+    with pytest.raises(DataError, match="--no-resume"):
+        predict_stream(b, folder / "a", out)
+    a_dir, b_dir = a.save(tmp_path / "A"), b.save(tmp_path / "B")
+    assert predict_stream(anomalens.load(a_dir), folder / "a", out).n_resumed == 5  # A saved + loaded is still A
+    r = runner.invoke(app, ["predict", str(b_dir), str(folder / "a"), "-o", str(out), "--no-overlays"])
+    assert r.exit_code == 2 and "--no-resume" in r.output
+    r = runner.invoke(app, ["predict", str(b_dir), str(folder / "a"), "-o", str(out), "--no-overlays", "--no-resume"])
+    assert r.exit_code == 0, r.output
+    ref = reference_scores(b, [r["path"] for r in rows_of(out / "predictions.csv") if not r["error"]])
+    for row in rows_of(out / "predictions.csv"):
+        if not row["error"]:
+            assert float(row["score"]) == pytest.approx(ref[row["path"]], rel=1e-6, abs=1e-6)
+
+
+def test_state_digest_same_after_save_load_and_hashed_in_chunks(synthetic_root, tmp_path, monkeypatch):
+    import hashlib
+
+    import anomalens
+    import anomalens.deploy.stream as stream
+
+    model = tiny_patchcore(bank_dtype="float16").fit(str(synthetic_root / "disc" / "train" / "good"))
+    digest = stream.state_digest(model)
+    loaded = anomalens.load(model.save(tmp_path / "m"))
+    assert stream.state_digest(loaded) == digest
+    loaded.memory_banks_[0] = loaded.memory_banks_[0].clone()
+    loaded.memory_banks_[0][-1, -1] += 1  # one learned value differs: another model
+    assert stream.state_digest(loaded) != digest
+
+    bank = model.memory_banks_[0]
+    row_bytes = bank[0].numel() * bank.element_size()
+    monkeypatch.setattr(stream, "DIGEST_CHUNK_BYTES", 3 * row_bytes)
+    sizes = []
+    real_sha256 = hashlib.sha256
+
+    class Spy:  # records how many bytes each update hands to SHA-256
+        def __init__(self):
+            self.h = real_sha256()
+
+        def update(self, data):
+            sizes.append(memoryview(data).nbytes)
+            self.h.update(data)
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", Spy)
+    assert stream.state_digest(model) == digest  # the chunk size changes how, not what, is hashed
+    assert bank.numel() * bank.element_size() > 3 * row_bytes and max(sizes) <= 3 * row_bytes
+
+
+def test_predict_outputs_survive_a_failed_swap(fitted, folder, tmp_path, monkeypatch):
+    """Issue 25: run.json and predictions.json are written under a temporary name and renamed; when the rename
+    fails, the previous file is untouched and no temporary file remains."""
+    from anomalens.deploy.stream import finish_json
+
+    from conftest import fail_swap, tmp_debris
+
+    out = tmp_path / "out"
+    fitted.threshold_ = None
+    predict_stream(fitted, folder / "a", out, fmt="jsonl")
+    run_before, log_before = (out / "run.json").read_text(), (out / "predictions.jsonl").read_text()
+    fitted.threshold_ = 1.0
+    fail_swap(monkeypatch, out / "run.json")
+    with pytest.raises(OSError, match="injected"):
+        predict_stream(fitted, folder / "a", out, fmt="jsonl", resume=False)
+    assert (out / "run.json").read_text() == run_before and (out / "predictions.jsonl").read_text() == log_before
+    assert tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+
+    finish_json(out / "predictions.jsonl", out / "predictions.json", {"threshold": None})
+    doc_before = (out / "predictions.json").read_text()
+    with open(out / "predictions.jsonl", "a") as fh:  # one more row: the next file would differ
+        fh.write(json.dumps({"path": "x.png", "score": 1.0, "anomalous": None, "random_init": True, "error": None}) + "\n")
+    fail_swap(monkeypatch, out / "predictions.json")
+    with pytest.raises(OSError, match="injected"):
+        finish_json(out / "predictions.jsonl", out / "predictions.json", {"threshold": 2.0})
+    assert (out / "predictions.json").read_text() == doc_before and tmp_debris(tmp_path) == []
+    monkeypatch.undo()
+    doc = json.loads(finish_json(out / "predictions.jsonl", out / "predictions.json", {"threshold": 2.0}).read_text())
+    assert doc["threshold"] == 2.0 and len(doc["predictions"]) == len(json.loads(doc_before)["predictions"]) + 1
+    fitted.threshold_ = None

@@ -110,9 +110,39 @@ def _labels(model: Detector, scores: np.ndarray) -> Optional[np.ndarray]:
 
 # ----------------------------------------------------------------------------------------------- output log
 def run_signature(model: Detector) -> dict:
-    """What must match for a run to be resumed: model, scoring settings, threshold."""
+    """What must match for a run to be resumed: model, scoring settings, threshold, and what the model learned
+    (`state_digest`: the same settings refit on other images are another model)."""
     params = {k: v for k, v in model.get_params().items() if k not in RUNTIME_SETTINGS}
-    return {"model": model.name, "settings": params, "threshold": getattr(model, "threshold_", None)}
+    return {"model": model.name, "settings": params, "threshold": getattr(model, "threshold_", None),
+            "state": state_digest(model)}
+
+
+#: bytes hashed per step: a memory-mapped bank is read in pieces of this size, never copied into RAM whole
+DIGEST_CHUNK_BYTES = 1 << 24
+
+
+def state_digest(model: Detector) -> str:
+    """SHA-256 of a fitted model's saved state: every state tensor (name, dtype, shape, bytes) and the JSON state
+    next to it. The same for a model and that model saved + loaded; tensors are read in chunks along their first
+    dimension (`DIGEST_CHUNK_BYTES`), so a memory-mapped or GPU bank is hashed without a whole-size copy."""
+    import hashlib
+
+    h = hashlib.sha256()
+    tensors = model._state_tensors() if model.is_fitted else {}
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(json.dumps([name, str(t.dtype).replace("torch.", ""), list(t.shape)]).encode() + b"\n")
+        if t.numel() == 0:
+            continue
+        if t.dim() == 0:
+            t = t.reshape(1)
+        rows = max(1, DIGEST_CHUNK_BYTES // max(1, t[0].numel() * t.element_size()))
+        for start in range(0, t.shape[0], rows):
+            piece = t[start:start + rows].cpu().contiguous().reshape(-1).view(torch.uint8)
+            h.update(memoryview(piece.numpy()))
+    extra = model._state_extra() if model.is_fitted else {}
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 def _cut_partial_line(path: Path) -> None:
