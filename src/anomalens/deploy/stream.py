@@ -31,6 +31,7 @@ from ..data.image_io import is_image_file
 from ..detector import Detector, Prediction
 from ..errors import DataError
 from ..io import atomic_path
+from ..outputs import record_written
 from ..progress import track
 
 FIELDS = ["path", "score", "anomalous", "random_init", "error", "overlay"]  # overlay: its file, when drawn
@@ -193,6 +194,8 @@ class ResultLog:
             self.fh = open(self.path, "w", newline="")
             if self.fmt == "csv":
                 self._write(self._header())
+            # ours, from the API too: a later `anomalens predict` into this folder resumes it (or names --no-resume)
+            record_written([self.run_path, self.path], always=True)
         self.n_resumed = len(self.done)
 
     def _header(self) -> str:
