@@ -342,8 +342,10 @@ def test_real_mvtec_images_get_paper_and_official_columns(assets, tmp_path):
     assert float(h["image_auroc_paper"]) == pytest.approx(1.0) and float(h["pixel_auroc_paper"]) == pytest.approx(0.987)
     assert float(h["aupro_paper"]) == pytest.approx(0.939) and h["pro_musc_paper"] == ""
     assert float(h["image_auroc_official"]) > 0.99
+    # EfficientNet-Lite0 is not the paper's WRN-50-2: the paper's numbers are shown, no difference is (issue 19 item 10)
+    assert h["backbone"] == "tf_efficientnet_lite0" and h["comparable_with_paper"] == "False"
     for k in ("image_auroc", "pixel_auroc", "aupro"):
-        assert float(h[f"{k}_paper_diff"]) == pytest.approx(float(h[k]) - float(h[f"{k}_paper"]), abs=2e-6)
+        assert h[f"{k}_paper_diff"] == "" and float(h[k]) > 0.5
     assert float(rows["mean"]["pixel_auroc_paper"]) == pytest.approx((0.987 + 0.964) / 2)  # subset mean
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["runs"]["patchcore"]["random_init"] is False
 

@@ -294,7 +294,9 @@ def test_minmax_score_is_evaluation_only_and_affine_invariant(model, images):
     assert not np.allclose(pred.image_scores, s)  # predict returns the raw sum
 
 
-def test_non_square_grey_rgba_files_are_squashed(model, tmp_path):
+def test_non_square_grey_rgba_files_keep_their_aspect_and_paper_squashes(model, tmp_path):
+    """Default geometry (auto) on a user's small non-square images: aspect kept (square tiles across the long side),
+    maps over every pixel; geometry="paper" is the official squash (masks in the official geometry)."""
     from PIL import Image
 
     rng = np.random.default_rng(5)
@@ -303,12 +305,14 @@ def test_non_square_grey_rgba_files_are_squashed(model, tmp_path):
     Image.fromarray(arr[..., 0]).save(tmp_path / "grey.png")
     Image.fromarray(np.dstack([arr, np.full((60, 150), 255, np.uint8)])).save(tmp_path / "rgba.png")
     pred = model.predict([str(tmp_path / n) for n in ("rgb.png", "grey.png", "rgba.png")])
-    assert pred.anomaly_maps.shape == (3, 96, 96) and np.isfinite(pred.anomaly_maps).all()
-    squashed = model.transform.image(Image.fromarray(arr))
+    assert pred.anomaly_maps.shape == (3, 96, 240) and np.isfinite(pred.anomaly_maps).all()
+    assert [pred.map_at_original_size(i).shape for i in range(3)] == [(60, 150)] * 3
+    paper = tiny(geometry="paper")
+    squashed = paper.transform.image(Image.fromarray(arr))
     assert squashed.shape == (3, 96, 96)  # squash, not shorter-side + crop
     mask = np.zeros((60, 150), bool)
     mask[:, 140:] = True  # the right border survives the squash (a centre crop would drop it)
-    m = model.transform.mask(mask)
+    m = paper.transform.mask(mask)
     assert m.shape == (96, 96) and m[:, -3:].all() and not m[:, :80].any()
 
 

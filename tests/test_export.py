@@ -74,12 +74,18 @@ def test_patchcore_onnx_equals_torch(tmp_path, synthetic_root, train_dir, settin
     assert side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_onnx_runs_in_onnxruntime_alone(tmp_path, synthetic_root, train_dir):
-    """A fresh interpreter with only onnxruntime + numpy scores like the torch model; torch is never imported."""
+def _exported_with_inputs(tmp_path, synthetic_root, train_dir):
+    """(model, exported .onnx path, test images) with the transformed images saved as tmp_path / "x.npy"."""
     model = tiny_patchcore().fit(train_dir)
     path = export_onnx(model, tmp_path / "pc.onnx")
     images = str(synthetic_root / "weave" / "test" / "hole")
     np.save(tmp_path / "x.npy", transformed(model, images).numpy())
+    return model, path, images
+
+
+def test_onnx_runs_in_onnxruntime_alone(tmp_path, synthetic_root, train_dir):
+    """A fresh interpreter with only onnxruntime + numpy scores like the torch model; torch is never imported."""
+    model, path, images = _exported_with_inputs(tmp_path, synthetic_root, train_dir)
     code = (
         "import sys, json, numpy as np, onnxruntime as ort\n"
         f"s = ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
@@ -97,10 +103,7 @@ def test_onnx_model_class_imports_and_runs_without_torch(tmp_path, synthetic_roo
     """Issue 19 item 11: `anomalens.deploy.export.OnnxModel` in an interpreter where torch cannot even be imported."""
     from pathlib import Path
 
-    model = tiny_patchcore().fit(train_dir)
-    path = export_onnx(model, tmp_path / "pc.onnx")
-    images = str(synthetic_root / "weave" / "test" / "hole")
-    np.save(tmp_path / "x.npy", transformed(model, images).numpy())
+    model, path, images = _exported_with_inputs(tmp_path, synthetic_root, train_dir)
     code = (
         "import sys, numpy as np\n"
         "class NoTorch:\n"
@@ -164,7 +167,7 @@ def test_winclip_plus_onnx_equals_torch_on_non_square_input(tmp_path, synthetic_
                              scales=(2,), templates="paper22", device="cpu").fit(train_dir)
     path = export_onnx(model, tmp_path / "wc.onnx", (96, 128))
     x = torch.rand(3, 3, 96, 128) * 2 - 1
-    s_ref, m_ref = model._predict_batch(x)
+    s_ref, m_ref = model._score_batch(x)  # the frame through the model's tiler, as predict
     s, m = OnnxModel(path).run(x)
     np.testing.assert_allclose(s, s_ref, rtol=0, atol=RTOL * np.abs(s_ref).max())
     np.testing.assert_allclose(m, m_ref, rtol=0, atol=RTOL * np.abs(m_ref).max())

@@ -259,6 +259,9 @@ class Detector:
             self.frame  # an unsupported geometry fails here, before any data work
             self._resolve_for(ds)
             self._fit(ds.with_transform(self.transform))
+            # the frame (H, W) of the first training image: the default input size of an export when the geometry
+            # keeps each image's own size (aspect, tiles)
+            self.frame_size_ = list(self.transform.resized_size(ds.original_size(0))) if len(ds) else None
         self.fitted_ = True
         self.threshold_ = None
         return self
@@ -419,7 +422,8 @@ class Detector:
             "settings": self.get_params(),
             "threshold": getattr(self, "threshold_", None),
             "calibration": getattr(self, "calibration_", None),
-            "state": {"geometry": getattr(self, "geometry_", None), **self._state_extra()},
+            "state": {"geometry": getattr(self, "geometry_", None), "frame_size": getattr(self, "frame_size_", None),
+                      **self._state_extra()},
             "random_init": self.random_init,
             "skipped": getattr(self, "skipped_", []),  # unreadable training images left out (anomalens fit)
         }
@@ -505,6 +509,7 @@ def load(path: str | os.PathLike, device: Optional[str] = None, **overrides: Any
     state = config.get("state", {})
     # the geometry resolved at fit (None: "auto" resolved per call); models saved before geometries existed: "paper"
     model.geometry_ = state.get("geometry", "paper")
+    model.frame_size_ = state.get("frame_size")
     model._load_state(tensors, state)
     model.fitted_ = True
     model.threshold_ = config.get("threshold")

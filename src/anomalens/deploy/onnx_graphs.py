@@ -268,13 +268,16 @@ class TiledGraph(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- export
 def input_size(model: Detector, size: Optional[Sequence[int]] = None) -> tuple[int, int]:
-    """(H, W) of the graph input: the transform's fixed output size, else `size` (required then)."""
+    """(H, W) of the graph input: the transform's fixed output size, else `size`, else the frame size of the model's
+    first training image (aspect / tiles geometries; a zero-shot model never fitted on images needs `size`)."""
     fixed = model.transform.output_size
     if size is not None:
         size = (int(size[0]), int(size[1]))
         if fixed is not None and tuple(fixed) != size:
             raise ExportError(f"{model.name}'s transform always gives {fixed[0]}x{fixed[1]} images; input size {size} would not match")
         return size
+    if fixed is None and getattr(model, "frame_size_", None):
+        return tuple(int(v) for v in model.frame_size_)  # the frame of the training images (aspect / tiles)
     if fixed is None:
         raise ExportError(f"{model.name}'s geometry ({model.resolved_geometry}) keeps each image's own size, so its "
                           "frame size varies; export for one frame size with input_size=(H, W) / --input-size H W")
