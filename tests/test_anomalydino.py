@@ -17,7 +17,7 @@ from anomalens.models.anomalydino.backbone import load_into
 from anomalens.models.anomalydino.torch_model import DINOv2Patches, first_component, prepare_image
 
 import anomalydino_reference as ref
-from conftest import ASSETS, mapping_of
+from conftest import mapping_of
 
 SMALL = dict(embed_dim=64, depth=2, num_heads=2)
 
@@ -276,10 +276,10 @@ def _load_rgb(path) -> np.ndarray:
 
 
 @pytest.mark.integration
-def test_vit_s14_matches_official_port_on_mvtec(tmp_path):
+def test_vit_s14_matches_official_port_on_mvtec(assets, tmp_path):
     """The parity test of the issue: real ViT-S/14 shapes, random weights saved as the released checkpoint (37 × 37
     grid), real MVTec AD images at 448 px, one reference with the 8 rotations, masking off and on."""
-    root = ASSETS / "mvtec-reduced" / "hazelnut_reduced"
+    root = assets / "mvtec-reduced" / "hazelnut_reduced"
     if not root.is_dir():
         pytest.skip(f"real assets not found at {root}")
     ref_paths = sorted((root / "train" / "good").glob("*.png"))[:1]

@@ -127,8 +127,12 @@ def test_small_corner_defect_on_a_large_image_is_found_by_tiles_and_missed_by_th
         p.parent.mkdir(exist_ok=True)
         Image.fromarray(_texture(rng, H, W)).save(p)
         tests.append(str(p))
-    bad = _texture(rng, H, W)
-    bad[H - 20:H - 10, W - 20:W - 10] = 0  # 10 × 10 px in the bottom-right corner
+    bad = np.asarray(Image.open(tests[0])).copy()  # the first normal test image, plus the defect
+    # 10 × 10 px in the bottom-right corner: a fine checkerboard around the local mean (a scratch-like texture), which
+    # averages away to the surface's own grey when the image is squashed
+    patch = bad[H - 20:H - 10, W - 20:W - 10].astype(np.float32)
+    checker = (np.indices((10, 10)).sum(0) % 2 * 2 - 1)[..., None] * 90.0
+    bad[H - 20:H - 10, W - 20:W - 10] = np.clip(patch.mean((0, 1)) + checker, 0, 255).astype(np.uint8)
     Image.fromarray(bad).save(tmp_path / "test" / "bad.png")
     tests.append(str(tmp_path / "test" / "bad.png"))
     common = dict(backbone="resnet18", weights=None, target_dim=64, pretrain_dim=64, coreset_ratio=0.01, device="cpu")
@@ -145,7 +149,8 @@ def test_small_corner_defect_on_a_large_image_is_found_by_tiles_and_missed_by_th
 
     squashed = anomalens.create("patchcore", geometry="whole", **common).fit(good)
     s = squashed.predict(tests).image_scores
-    assert s[-1] <= s[:-1].max(), s  # 10 px of 4000 become 0.6 px: gone
+    # 10 px of 4000 become 0.6 px of the surface's mean grey: the score of the image it was added to hardly moves
+    assert abs(s[-1] - s[0]) < 0.05 * (s[:-1].max() - s[:-1].min()), s
 
 
 def test_chunked_coreset_is_exact_per_chunk_and_covers_like_the_exact_one():
