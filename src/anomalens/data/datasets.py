@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DataError
 from .image_io import image_size, is_image_file, load_image, load_mask
+from .layout import require_dir
 from .sample import Sample, SampleRecord
 from .transforms import ImageTransform
 
@@ -27,14 +28,6 @@ UNKNOWN_LABEL = -1
 def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in it if p.is_file() and is_image_file(p) and not p.name.startswith("."))
-
-
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise DataError(f"{what} not found: {path}")
-    if not path.is_dir():
-        raise DataError(f"{what} is not a directory: {path}")
-    return path
 
 
 class ImageDataset(Sequence[Sample]):
@@ -138,9 +131,9 @@ class MVTecAD(ImageDataset):
     def __init__(self, root: PathLike, category: str, split: str = "test", transform: Optional[ImageTransform] = None):
         if split not in ("train", "test"):
             raise DataError(f"split must be 'train' or 'test', got {split!r}")
-        root = _require_dir(Path(root), "dataset root")
-        cat_dir = _require_dir(root / category, f"category {category!r}")
-        split_dir = _require_dir(cat_dir / split, f"{split} folder of {category!r}")
+        root = require_dir(Path(root), "dataset root")
+        cat_dir = require_dir(root / category, f"category {category!r}")
+        split_dir = require_dir(cat_dir / split, f"{split} folder of {category!r}")
         self.root, self.category, self.split = root, category, split
         records: list[SampleRecord] = []
         defects = sorted(d for d in split_dir.iterdir() if d.is_dir())
@@ -190,7 +183,7 @@ class VisA(ImageDataset):
     ):
         if split not in ("train", "test"):
             raise DataError(f"split must be 'train' or 'test', got {split!r}")
-        root = _require_dir(Path(root), "dataset root")
+        root = require_dir(Path(root), "dataset root")
         rows = self._read_csv(root, split_csv)
         self.root, self.category, self.split = root, category, split
         if category not in {r["object"] for r in rows}:
@@ -240,14 +233,14 @@ class FolderDataset(ImageDataset):
         records: list[SampleRecord] = []
         sources = []
         if normal_dir is not None:
-            nd = _require_dir(Path(normal_dir), "normal image folder")
+            nd = require_dir(Path(normal_dir), "normal image folder")
             normals = _list_images(nd)
             if not normals:
                 raise DataError(f"no images found in normal image folder {nd}")
             records += [SampleRecord(str(p), None, 0, category, "good") for p in normals]
             sources.append(str(nd))
         if abnormal_dir is not None:
-            ad = _require_dir(Path(abnormal_dir), "anomalous image folder")
+            ad = require_dir(Path(abnormal_dir), "anomalous image folder")
             abnormals = _list_images(ad)
             if not abnormals:
                 raise DataError(f"no images found in anomalous image folder {ad}")
@@ -262,7 +255,7 @@ class FolderDataset(ImageDataset):
     def _match_masks(images: list[Path], mask_dir: Optional[PathLike]) -> dict[str, str]:
         if mask_dir is None:
             return {}
-        md = _require_dir(Path(mask_dir), "mask folder")
+        md = require_dir(Path(mask_dir), "mask folder")
         stems = {p.stem for p in images}
         out: dict[str, str] = {}
         for m in _list_images(md):

@@ -16,6 +16,7 @@ PathLike = Union[str, os.PathLike]
 
 
 def require_dir(path: Path, what: str) -> Path:
+    """`path` if it is an existing folder, else a DataError naming it and `what` it should be."""
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
     if not path.is_dir():
