@@ -136,7 +136,12 @@ def test_ensemble_needs_calibration_then_matches(tmp_path, synthetic_root, train
 
 
 def test_export_refuses_overwrite_and_variable_size(tmp_path, train_dir):
-    model = tiny_patchcore(resize=64, crop=None).fit(train_dir)
+    from anomalens.deploy.export import input_size
+
+    model = tiny_patchcore(resize=64, crop=None).fit(train_dir)  # no crop: each image keeps its own frame size
+    assert input_size(model) == tuple(model.frame_size_) == tuple(model.transform.resized_size(
+        anomalens.data.as_dataset(train_dir).original_size(0)))  # default: the training frame
+    model.frame_size_ = None  # e.g. a zero-shot model never fitted on images: the size must be given
     with pytest.raises(ExportError, match="input_size"):
         export_onnx(model, tmp_path / "v.onnx")
     (tmp_path / "mine.onnx").write_text("a user's file")
