@@ -98,19 +98,23 @@ class Tiler:
         """The square view side on an H × W frame (never larger than the frame)."""
         return min(int(self.tile), H, W) if self.tile is not None else min(H, W)
 
-    def boxes(self, H: int, W: int) -> list[tuple[int, int, int]]:
-        """(top, left, side) of every view of an H × W frame, row-major; together they cover every pixel."""
+    def _offsets(self, H: int, W: int) -> tuple[int, list[int], list[int]]:
+        """(side, tops, lefts) of the views of an H × W frame."""
         s = self.side(H, W)
         stride = (s - min(int(self.overlap), s - 1)) if self.overlap is not None else int(self.max_stride_ratio * s)
-        return [(t, l, s) for t in tile_offsets(H, s, stride) for l in tile_offsets(W, s, stride)]
+        return s, tile_offsets(H, s, stride), tile_offsets(W, s, stride)
+
+    def boxes(self, H: int, W: int) -> list[tuple[int, int, int]]:
+        """(top, left, side) of every view of an H × W frame, row-major; together they cover every pixel."""
+        s, tops, lefts = self._offsets(H, W)
+        return [(t, l, s) for t in tops for l in lefts]
 
     def weight(self, box: tuple[int, int, int], H: int, W: int) -> torch.Tensor:
         """(side, side) blending weight of one view: ramps only where a neighbour overlaps (never at the frame edge)."""
         t, l, s = box
         if self.blend == "uniform":
             return torch.ones(s, s)
-        boxes = self.boxes(H, W)
-        tops, lefts = sorted({b[0] for b in boxes}), sorted({b[1] for b in boxes})
+        _, tops, lefts = self._offsets(H, W)
         ov_y = _overlap_with_neighbours(tops, t, s)
         ov_x = _overlap_with_neighbours(lefts, l, s)
         wy = _ramp(s, max(ov_y), ov_y[0] > 0, ov_y[1] > 0)
