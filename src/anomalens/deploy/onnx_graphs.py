@@ -158,7 +158,8 @@ class PatchCoreGraph(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- WinCLIP
 class WinCLIPGraph(nn.Module):
-    """WinCLIP / WinCLIP+ scoring of (N, 3, H, W) images at a fixed H, W: tiles, windows, text and memories baked in."""
+    """WinCLIP / WinCLIP+ scoring of (N, 3, S, S) square views at the model's input size: windows, text and memories
+    baked in (the frame's tiling is `TiledGraph`'s, as for every model)."""
 
     def __init__(self, model: Detector, size: tuple[int, int]):
         super().__init__()
@@ -168,27 +169,9 @@ class WinCLIPGraph(nn.Module):
         self.size = tuple(int(v) for v in size)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        m._text = self.text  # the traced constant, not an inference-mode tensor
-        H, W = self.size
-        tiler = m.frame.tiler
-        boxes = tiler.boxes(H, W) if tiler is not None else [(0, 0, min(H, W))]
-        scores = []
-        amap = image.new_zeros(image.shape[0], H, W)
-        count = torch.zeros(H, W)
-        for box in boxes:
-            t, l, S = box
-            view = tiler.views(image, [box]) if tiler is not None else image
-            s, mp = m._score_square(view)
-            if mp.shape[-1] != S:
-                mp = F.interpolate(mp[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
-            w = tiler.weight(box, H, W) if tiler is not None else torch.ones(S, S)
-            scores.append(s.float())
-            amap = amap + F.pad(mp * w, (l, W - l - S, t, H - t - S))
-            count[t : t + S, l : l + S] += w
-        stacked = torch.stack(scores)  # the frame's tiler reduction, as `Tiler.score`
-        score = stacked.amax(0) if tiler is not None and tiler.reduce == "max" else stacked.mean(0)
-        return score, amap / count
+        self.model._text = self.text  # the traced constant, not an inference-mode tensor
+        s, m = self.model._score_square(image)
+        return s.float(), m
 
 
 # ---------------------------------------------------------------------------------------------- CLIP-AD
@@ -294,7 +277,7 @@ def build_graph(model: Detector, size: Optional[Sequence[int]] = None) -> nn.Mod
         raise ExportError(f"export runs on the CPU; load the model with device='cpu' (it is on {model.device_})")
     size = input_size(model, size)
     tiler = model.frame.tiler
-    if tiler is None or cls is WinCLIPGraph:  # WinCLIP's graph runs its frame's tiler itself
+    if tiler is None:
         return cls(model, size).eval()
     side = tiler.boxes(*size)[0][2]
     view = tiler.input_size or side
